@@ -1,0 +1,983 @@
+"""Layers, losses, metrics, callbacks and `Sequential`: a Keras-style API on the autodiff core.
+
+Where it sits: above `autodiff` and `ops` (each layer's math is the op registry's), below the
+training backend and the command line. `Sequential.to_ir()` turns a trained model into the IR,
+keeping layer names and activation parameters exactly.
+
+Conventions follow Keras where a user would expect them to: Dense kernels are `(in, out)` and
+`y = x @ kernel + bias`; layers get names like `dense`, `dense_1`; `fit` returns a `History`
+whose `.history` maps each metric to one value per epoch; the string activation "leaky_relu"
+has slope 0.2 while the `LeakyReLU` layer defaults to 0.3, as in Keras.
+
+Determinism: a model owns one `numpy.random.Generator` seeded by `Sequential(seed=...)`; weight
+initialization, shuffling and dropout draw from it in a fixed order, so the same seed gives the
+same weights bit for bit, and a checkpoint holding its state resumes the exact same run.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import autodiff as ad
+from . import ir, ops, optim
+from .autodiff import Tape, Tensor, Variable
+
+# --------------------------------------------------------------------------------- initializers
+
+
+class Initializer:
+    """Draws initial weights; with a `seed` it ignores the model's generator and uses its own."""
+
+    def __init__(self, seed: int | None = None):
+        self.seed = seed
+
+    def __call__(self, shape: tuple[int, ...], rng: np.random.Generator | None = None,
+                 dtype: Any = np.float32) -> np.ndarray:
+        if self.seed is not None or rng is None:
+            rng = np.random.default_rng(self.seed)
+        return np.asarray(self.sample(shape, rng), dtype=dtype)
+
+    def sample(self, shape, rng):
+        raise NotImplementedError
+
+
+def _fans(shape) -> tuple[int, int]:
+    if len(shape) < 2:
+        return (shape[0], shape[0]) if shape else (1, 1)
+    receptive = math.prod(shape[:-2])
+    return shape[-2] * receptive, shape[-1] * receptive
+
+
+def _truncated_normal(shape, rng, std):
+    # Keras's truncated normal: redraw beyond two standard deviations; the 0.8796 undoes the
+    # variance the truncation removes.
+    z = rng.standard_normal(shape)
+    while (bad := np.abs(z) > 2).any():
+        z[bad] = rng.standard_normal(int(bad.sum()))
+    return z * (std / 0.87962566103423978)
+
+
+class Zeros(Initializer):
+    def sample(self, shape, rng):
+        return np.zeros(shape)
+
+
+class Ones(Initializer):
+    def sample(self, shape, rng):
+        return np.ones(shape)
+
+
+class RandomNormal(Initializer):
+    def __init__(self, mean: float = 0.0, stddev: float = 0.05, seed: int | None = None):
+        super().__init__(seed)
+        self.mean, self.stddev = mean, stddev
+
+    def sample(self, shape, rng):
+        return rng.normal(self.mean, self.stddev, shape)
+
+
+class RandomUniform(Initializer):
+    def __init__(self, minval: float = -0.05, maxval: float = 0.05, seed: int | None = None):
+        super().__init__(seed)
+        self.minval, self.maxval = minval, maxval
+
+    def sample(self, shape, rng):
+        return rng.uniform(self.minval, self.maxval, shape)
+
+
+class GlorotUniform(Initializer):
+    def sample(self, shape, rng):
+        fan_in, fan_out = _fans(shape)
+        limit = math.sqrt(6 / (fan_in + fan_out))
+        return rng.uniform(-limit, limit, shape)
+
+
+class GlorotNormal(Initializer):
+    def sample(self, shape, rng):
+        fan_in, fan_out = _fans(shape)
+        return _truncated_normal(shape, rng, math.sqrt(2 / (fan_in + fan_out)))
+
+
+class HeNormal(Initializer):
+    def sample(self, shape, rng):
+        return _truncated_normal(shape, rng, math.sqrt(2 / _fans(shape)[0]))
+
+
+class HeUniform(Initializer):
+    def sample(self, shape, rng):
+        limit = math.sqrt(6 / _fans(shape)[0])
+        return rng.uniform(-limit, limit, shape)
+
+
+INITIALIZERS = {"zeros": Zeros, "ones": Ones, "random_normal": RandomNormal,
+                "random_uniform": RandomUniform, "glorot_uniform": GlorotUniform,
+                "glorot_normal": GlorotNormal, "he_normal": HeNormal, "he_uniform": HeUniform}
+
+
+def get_initializer(spec: Any) -> Initializer | Callable:
+    if isinstance(spec, str):
+        if spec not in INITIALIZERS:
+            raise ValueError(f"unknown initializer {spec!r}; expected one of "
+                             f"{', '.join(INITIALIZERS)}")
+        return INITIALIZERS[spec]()
+    if callable(spec):
+        return spec
+    raise TypeError(f"an initializer must be a name or a callable, got {spec!r}")
+
+
+# --------------------------------------------------------------------------------------- layers
+
+
+class Layer:
+    """A named step of a Sequential model. Subclasses set `kind` (the name prefix) and may
+    override `build`, `call` and `ir_nodes`."""
+
+    kind = "layer"
+
+    def __init__(self, name: str | None = None):
+        self.name = name
+        self.built = False
+        self.input_shape: tuple[int, ...] | None = None
+        self.output_shape: tuple[int, ...] | None = None
+        self.variables: list[Variable] = []
+
+    def build(self, input_shape: tuple[int, ...], rng: np.random.Generator) -> None:
+        self.input_shape = tuple(input_shape)
+        self.output_shape = self.compute_output_shape(self.input_shape)
+        self.built = True
+
+    def compute_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return input_shape
+
+    def __call__(self, x: Tensor, training: bool = False,
+                 rng: np.random.Generator | None = None) -> Tensor:
+        return self.call(x, training, rng)
+
+    def call(self, x: Tensor, training: bool, rng: np.random.Generator | None) -> Tensor:
+        raise NotImplementedError
+
+    @property
+    def trainable_variables(self) -> list[Variable]:
+        return [v for v in self.variables if v.trainable]
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [v.data.copy() for v in self.variables]
+
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        if len(weights) != len(self.variables):
+            raise ValueError(f"layer {self.name!r} has {len(self.variables)} weights, "
+                             f"got {len(weights)}")
+        for v, w in zip(self.variables, weights):
+            v.assign(np.asarray(w, dtype=v.data.dtype))
+
+    def ir_nodes(self) -> list[tuple[str, str, dict, dict]]:
+        """(name, op, attrs, weights) for each IR node this layer becomes, in order."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+
+class Activation(Layer):
+    """An activation as a layer: linear, sigmoid, tanh, relu, leaky_relu (alpha), softmax."""
+
+    kind = "activation"
+
+    def __init__(self, activation: str = "linear", alpha: float | None = None,
+                 name: str | None = None):
+        super().__init__(name)
+        if activation not in ops.ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; expected one of "
+                             f"{', '.join(ops.ACTIVATIONS)}")
+        if alpha is not None and activation != "leaky_relu":
+            raise ValueError(f"activation {activation!r} takes no alpha")
+        self.activation = activation
+        # Kept as the float32 it will be in the IR, so training and export use the same slope.
+        self.attrs = ({"alpha": float(np.float32(0.2 if alpha is None else alpha))}
+                      if activation == "leaky_relu" else {})
+
+    def call(self, x, training, rng):
+        return ops.OPS[self.activation].forward(x, self.attrs, {})
+
+    def ir_nodes(self):
+        return [(self.name, self.activation, dict(self.attrs), {})]
+
+    def describe(self):
+        extra = f", alpha={self.attrs['alpha']:g}" if self.attrs else ""
+        return f"Activation({self.activation}{extra})"
+
+
+def ReLU(name: str | None = None) -> Activation:
+    return Activation("relu", name=name)
+
+
+def LeakyReLU(alpha: float = 0.3, name: str | None = None) -> Activation:
+    """Keras's layer default slope is 0.3 (the string activation's is 0.2)."""
+    return Activation("leaky_relu", alpha=alpha, name=name)
+
+
+def Softmax(name: str | None = None) -> Activation:
+    return Activation("softmax", name=name)
+
+
+def _activation(spec: Any) -> Activation | None:
+    if spec is None:
+        return None
+    if isinstance(spec, Activation):
+        return spec
+    if isinstance(spec, str):
+        return Activation(spec)
+    if isinstance(spec, Mapping):
+        spec = dict(spec)
+        return Activation(spec.pop("name", "linear"), **spec)
+    raise TypeError(f"an activation must be a name, a dict or an Activation, got {spec!r}")
+
+
+class Dense(Layer):
+    """y = activation(x @ kernel + bias), kernel `(in, units)`."""
+
+    kind = "dense"
+
+    def __init__(self, units: int, activation: Any = None, use_bias: bool = True,
+                 kernel_initializer: Any = "glorot_uniform", bias_initializer: Any = "zeros",
+                 name: str | None = None, input_shape: Sequence[int] | None = None):
+        super().__init__(name)
+        if not isinstance(units, int) or units <= 0:
+            raise ValueError(f"Dense units must be a positive integer, got {units!r}")
+        self.units = units
+        self.activation = _activation(activation)
+        self.use_bias = use_bias
+        self.kernel_initializer = get_initializer(kernel_initializer)
+        self.bias_initializer = get_initializer(bias_initializer)
+        self.declared_input_shape = tuple(input_shape) if input_shape else None
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[:-1] + (self.units,)
+
+    def build(self, input_shape, rng):
+        super().build(input_shape, rng)
+        fan_in = input_shape[-1]
+        self.kernel = Variable(self.kernel_initializer((fan_in, self.units), rng),
+                               name=f"{self.name}/kernel")
+        self.variables = [self.kernel]
+        if self.use_bias:
+            self.bias = Variable(self.bias_initializer((self.units,), rng),
+                                 name=f"{self.name}/bias")
+            self.variables.append(self.bias)
+
+    def _weights(self) -> dict[str, Any]:
+        return {"kernel": self.kernel, "bias": self.bias} if self.use_bias else {
+            "kernel": self.kernel}
+
+    def call(self, x, training, rng):
+        y = ops.dense(x, {}, self._weights())
+        return self.activation.call(y, training, rng) if self.activation else y
+
+    def ir_nodes(self):
+        nodes = [(self.name, "dense", {}, {k: v.data for k, v in self._weights().items()})]
+        if self.activation is not None:
+            act = self.activation
+            nodes.append((f"{self.name}_{act.activation}", act.activation, dict(act.attrs), {}))
+        return nodes
+
+    def describe(self):
+        act = f", {self.activation.describe()[11:-1]}" if self.activation else ""
+        return f"Dense({self.units}{act})"
+
+
+class Dropout(Layer):
+    """Zeroes a `rate` share of inputs in training and scales the rest by 1/(1-rate);
+    the identity at inference, so it leaves no IR node."""
+
+    kind = "dropout"
+
+    def __init__(self, rate: float, name: str | None = None):
+        super().__init__(name)
+        if not 0 <= rate < 1:
+            raise ValueError(f"Dropout rate must be in [0, 1), got {rate!r}")
+        self.rate = float(rate)
+
+    def call(self, x, training, rng):
+        if not training or self.rate == 0:
+            return x
+        keep = (rng.random(x.shape) >= self.rate).astype(x.dtype)
+        return x * (keep / np.asarray(1 - self.rate, x.dtype))
+
+    def ir_nodes(self):
+        return []
+
+    def describe(self):
+        return f"Dropout({self.rate:g})"
+
+
+class Flatten(Layer):
+    kind = "flatten"
+
+    def compute_output_shape(self, input_shape):
+        return (math.prod(input_shape),)
+
+    def call(self, x, training, rng):
+        return ops.flatten(x, {}, {})
+
+    def ir_nodes(self):
+        return [(self.name, "flatten", {}, {})]
+
+
+class Reshape(Layer):
+    kind = "reshape"
+
+    def __init__(self, target_shape: Sequence[int], name: str | None = None):
+        super().__init__(name)
+        self.target_shape = [int(d) for d in target_shape]
+
+    def compute_output_shape(self, input_shape):
+        return ops.OPS["reshape"].out_shape(input_shape, {"shape": self.target_shape}, {})
+
+    def call(self, x, training, rng):
+        return ops.reshape(x, {"shape": self.target_shape}, {})
+
+    def ir_nodes(self):
+        return [(self.name, "reshape", {"shape": list(self.target_shape)}, {})]
+
+
+class Normalization(Layer):
+    """y = (x - mean) / std with fixed statistics (not trained): standardization that travels
+    with the model, so exported code takes raw features."""
+
+    kind = "normalization"
+
+    def __init__(self, mean: Any, std: Any, name: str | None = None):
+        super().__init__(name)
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
+        if (self.std == 0).any() or not np.isfinite(self.std).all():
+            raise ValueError("Normalization std must be finite and non-zero")
+
+    def call(self, x, training, rng):
+        return ops.normalize(x, {}, {"mean": self.mean, "std": self.std})
+
+    def get_weights(self):
+        return [self.mean.copy(), self.std.copy()]
+
+    def set_weights(self, weights):
+        self.mean, self.std = (np.asarray(w, dtype=np.float32) for w in weights)
+
+    def ir_nodes(self):
+        return [(self.name, "normalize", {}, {"mean": self.mean, "std": self.std})]
+
+
+# ------------------------------------------------------------------------------------- losses
+
+
+class Loss:
+    """A loss: `loss(y_true, y_pred)` is a scalar Tensor, the mean over the batch.
+
+    `fuses` names the final activation whose input (the logits) the loss can take directly
+    through `from_logits_loss`: the fused form is exact, stable for logits of any size, and
+    one op instead of three.
+    """
+
+    name = "loss"
+    fuses: str | None = None
+
+    def __init__(self, from_logits: bool = False):
+        self.from_logits = from_logits
+
+    def __call__(self, y_true: Any, y_pred: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def from_logits_loss(self, y_true: Any, logits: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class MeanSquaredError(Loss):
+    """mean over outputs and batch of (y_pred - y_true)^2."""
+
+    name = "mean_squared_error"
+
+    def __call__(self, y_true, y_pred):
+        d = y_pred - y_true
+        return ad.mean(d * d)
+
+
+class HalfSumSquaredError(Loss):
+    """0.5 * sum over outputs of (y_pred - y_true)^2, averaged over the batch."""
+
+    name = "half_sum_squared_error"
+
+    def __call__(self, y_true, y_pred):
+        d = y_pred - y_true
+        return ad.sum(d * d) * (0.5 / y_pred.shape[0])
+
+
+class MeanAbsoluteError(Loss):
+    name = "mean_absolute_error"
+
+    def __call__(self, y_true, y_pred):
+        d = y_pred - y_true
+        return ad.mean(ad.maximum(d, -d))
+
+
+class BinaryCrossentropy(Loss):
+    name = "binary_crossentropy"
+    fuses = "sigmoid"
+
+    def __call__(self, y_true, y_pred):
+        if self.from_logits:
+            return self.from_logits_loss(y_true, y_pred)
+        # Probabilities in: clip as Keras does so log never sees 0.
+        eps = 1e-7
+        p = ad.maximum(-ad.maximum(-y_pred, -(1 - eps)), eps)
+        t = np.asarray(y_true, dtype=p.dtype)
+        return -ad.mean(ad.log(p) * t + ad.log(1 - p) * (1 - t))
+
+    def from_logits_loss(self, y_true, logits):
+        return ad.mean(ad.sigmoid_cross_entropy(logits, y_true))
+
+
+class CategoricalCrossentropy(Loss):
+    name = "categorical_crossentropy"
+    fuses = "softmax"
+
+    def __call__(self, y_true, y_pred):
+        if self.from_logits:
+            return self.from_logits_loss(y_true, y_pred)
+        eps = 1e-7
+        p = ad.maximum(y_pred, eps)
+        p = p / ad.sum(p, axis=-1, keepdims=True)
+        return -ad.mean(ad.sum(ad.log(p) * np.asarray(y_true, dtype=p.dtype), axis=-1))
+
+    def from_logits_loss(self, y_true, logits):
+        return ad.mean(ad.softmax_cross_entropy(logits, y_true))
+
+
+class SparseCategoricalCrossentropy(CategoricalCrossentropy):
+    name = "sparse_categorical_crossentropy"
+
+    @staticmethod
+    def _one_hot(y_true, pred):
+        idx = np.asarray(y_true).astype(np.int64).reshape(-1)
+        return np.eye(pred.shape[-1], dtype=pred.dtype)[idx]
+
+    def __call__(self, y_true, y_pred):
+        return super().__call__(self._one_hot(y_true, y_pred), y_pred)
+
+    def from_logits_loss(self, y_true, logits):
+        return super().from_logits_loss(self._one_hot(y_true, logits), logits)
+
+
+LOSSES = {c.name: c for c in (MeanSquaredError, HalfSumSquaredError, MeanAbsoluteError,
+                              BinaryCrossentropy, CategoricalCrossentropy,
+                              SparseCategoricalCrossentropy)}
+LOSSES.update(mse=MeanSquaredError, mae=MeanAbsoluteError)
+
+
+def get_loss(spec: Any) -> Loss:
+    if isinstance(spec, Loss):
+        return spec
+    if isinstance(spec, str) and spec in LOSSES:
+        return LOSSES[spec]()
+    if isinstance(spec, Mapping):
+        spec = dict(spec)
+        name = spec.pop("name", None)
+        if name in LOSSES:
+            return LOSSES[name](**spec)
+        spec = name
+    raise ValueError(f"unknown loss {spec!r}; expected one of {', '.join(LOSSES)}")
+
+
+# ------------------------------------------------------------------------------------ metrics
+
+
+def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Share of correct predictions, chosen like Keras's "accuracy": thresholded at 0.5 for one
+    output, argmax against one-hot labels or against class indices otherwise."""
+    y_true = np.asarray(y_true)
+    if y_pred.ndim == 1 or y_pred.shape[-1] == 1:
+        return float(np.mean((y_pred.reshape(-1) > 0.5) == (y_true.reshape(-1) > 0.5)))
+    guess = np.argmax(y_pred, axis=-1)
+    truth = np.argmax(y_true, axis=-1) if y_true.shape == y_pred.shape else y_true.reshape(-1)
+    return float(np.mean(guess == truth))
+
+
+def mean_absolute_error(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    return float(np.mean(np.abs(y_pred - np.asarray(y_true, dtype=y_pred.dtype))))
+
+
+def mean_squared_error(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    return float(np.mean((y_pred - np.asarray(y_true, dtype=y_pred.dtype)) ** 2))
+
+
+METRICS = {"accuracy": accuracy, "acc": accuracy, "mae": mean_absolute_error,
+           "mean_absolute_error": mean_absolute_error, "mse": mean_squared_error,
+           "mean_squared_error": mean_squared_error}
+
+
+# ----------------------------------------------------------------------------------- callbacks
+
+
+class Callback:
+    """Hooks called by `fit`. `self.model` is set before `on_train_begin`."""
+
+    model: Sequential
+
+    def on_train_begin(self, logs=None): ...
+    def on_epoch_begin(self, epoch, logs=None): ...
+    def on_train_batch_end(self, step, logs=None): ...
+    def on_epoch_end(self, epoch, logs=None): ...
+    def on_train_end(self, logs=None): ...
+
+
+class History(Callback):
+    """`history[metric]` holds one value per epoch; `steps` the loss of every step."""
+
+    def __init__(self):
+        self.history: dict[str, list[float]] = {}
+        self.epoch: list[int] = []
+        self.steps: list[float] = []
+
+
+class EarlyStopping(Callback):
+    """Stop when `monitor` has not improved by `min_delta` for `patience` epochs."""
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 0, min_delta: float = 0.0,
+                 mode: str = "auto", restore_best_weights: bool = False):
+        self.monitor, self.patience, self.min_delta = monitor, patience, abs(min_delta)
+        if mode == "auto":
+            mode = "max" if "acc" in monitor else "min"
+        self.sign = 1.0 if mode == "min" else -1.0
+        self.restore_best_weights = restore_best_weights
+        self.stopped_epoch: int | None = None
+
+    def on_train_begin(self, logs=None):
+        self.best, self.wait, self.best_weights = math.inf, 0, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which fit does not "
+                             f"report; available: {', '.join(logs or {})}")
+        if self.sign * value < self.best - self.min_delta:
+            self.best, self.wait = self.sign * value, 0
+            if self.restore_best_weights:
+                self.best_weights = self.model.get_weights()
+            return
+        self.wait += 1
+        if self.wait > self.patience:
+            self.model.stop_training = True
+            self.stopped_epoch = epoch
+            if self.best_weights is not None:
+                self.model.set_weights(self.best_weights)
+
+
+class ModelCheckpoint(Callback):
+    """Save the model as a `.distill` IR file every `save_freq` steps, or every epoch.
+
+    `{epoch}` and `{step}` in the path are filled in; writes are atomic.
+    """
+
+    def __init__(self, filepath: str, save_freq: int | str = "epoch"):
+        self.filepath, self.save_freq = str(filepath), save_freq
+
+    def _save(self, epoch: int, step: int) -> None:
+        ir.save(self.model.to_ir(), self.filepath.format(epoch=epoch + 1, step=step))
+
+    def on_train_batch_end(self, step, logs=None):
+        s = self.model._fit.global_step
+        if isinstance(self.save_freq, int) and s % self.save_freq == 0:
+            self._save(self.model._fit.epoch, s)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_freq == "epoch":
+            self._save(epoch, self.model._fit.global_step)
+
+
+class BackupAndRestore(Callback):
+    """Keep a resumable training state in `path` every `save_freq` steps (and at each epoch's
+    end); when `fit` starts and the file exists, continue from it exactly where it was.
+
+    The state holds the weights, the optimizer's slots and step, the model's random generator,
+    the epoch's shuffled order and position, and the history so far, so a resumed run takes
+    the same steps as one that was never stopped. Writes are atomic; the file is removed when
+    training completes unless `keep=True`.
+    """
+
+    def __init__(self, path: str, save_freq: int = 100, keep: bool = False):
+        self.path, self.save_freq, self.keep = str(path), int(save_freq), keep
+        self.restored_step: int | None = None
+
+    def on_train_begin(self, logs=None):
+        import os
+        if os.path.exists(self.path):
+            self.model._restore_training_state(self.path)
+            self.restored_step = self.model._fit.global_step
+
+    def on_train_batch_end(self, step, logs=None):
+        if self.model._fit.global_step % self.save_freq == 0:
+            self.model._save_training_state(self.path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model._save_training_state(self.path)
+
+    def on_train_end(self, logs=None):
+        import os
+        if not self.keep and not self.model.stop_training and os.path.exists(self.path):
+            os.remove(self.path)
+
+
+class ProgressBar(Callback):
+    """One tqdm bar per epoch with the running loss and metrics (`fit(verbose=1)`)."""
+
+    def __init__(self, file=None):
+        self.file = file or sys.stderr
+
+    def on_epoch_begin(self, epoch, logs=None):
+        from tqdm import tqdm
+        f = self.model._fit
+        self.bar = tqdm(total=f.batches, initial=f.batch, file=self.file, leave=True,
+                        desc=f"epoch {epoch + 1}/{f.epochs}", unit="step", dynamic_ncols=True)
+
+    def on_train_batch_end(self, step, logs=None):
+        self.bar.update(1)
+        if step % 10 == 0 or step == self.bar.total:
+            self.bar.set_postfix(_fmt(logs), refresh=False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.bar.set_postfix(_fmt(logs), refresh=False)
+        self.bar.close()
+
+
+def _fmt(logs: Mapping[str, float] | None) -> dict[str, str]:
+    return {k: f"{v:.4g}" for k, v in (logs or {}).items()}
+
+
+# ---------------------------------------------------------------------------------- Sequential
+
+
+class _FitState:
+    """Where `fit` is: what a BackupAndRestore file holds besides weights and optimizer."""
+
+    def __init__(self, epochs: int, batches: int):
+        self.epochs, self.batches = epochs, batches
+        self.epoch = 0
+        self.batch = 0          # batches done in the current epoch
+        self.global_step = 0
+        self.order: np.ndarray | None = None
+        self.sums: dict[str, float] = {}   # running sums of loss/metrics * samples this epoch
+        self.seen = 0                      # samples seen this epoch
+        self.history: dict[str, list[float]] = {}
+        self.steps: list[float] = []
+
+
+class Sequential:
+    """A chain of layers with Keras's `compile` / `fit` / `evaluate` / `predict`."""
+
+    def __init__(self, layers: Iterable[Layer] = (), name: str = "sequential",
+                 input_shape: Sequence[int] | None = None, seed: int | None = None):
+        self.name = name
+        self.layers: list[Layer] = []
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.input_shape = tuple(input_shape) if input_shape else None
+        self.loss: Loss | None = None
+        self.optimizer: optim.Optimizer | None = None
+        self.metrics: list[str] = []
+        self.stop_training = False
+        self._fit: _FitState | None = None
+        for layer in layers:
+            self.add(layer)
+
+    # -- structure
+    def add(self, layer: Layer) -> None:
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Sequential takes layers, got {type(layer).__name__}")
+        taken = {lay.name for lay in self.layers}
+        if layer.name is None:
+            i, name = 0, layer.kind
+            while name in taken:
+                i += 1
+                name = f"{layer.kind}_{i}"
+            layer.name = name
+        elif layer.name in taken:
+            raise ValueError(f"layer name {layer.name!r} is used twice in model {self.name!r}")
+        if self.built:
+            raise ValueError("cannot add layers to a model that is already built")
+        if not self.layers and self.input_shape is None:
+            self.input_shape = getattr(layer, "declared_input_shape", None)
+        self.layers.append(layer)
+
+    @property
+    def built(self) -> bool:
+        return bool(self.layers) and all(layer.built for layer in self.layers)
+
+    def build(self, input_shape: Sequence[int] | None = None) -> None:
+        """Create every layer's weights for samples of `input_shape` (without the batch axis)."""
+        shape = tuple(input_shape or self.input_shape or ())
+        if not shape:
+            raise ValueError(f"model {self.name!r} needs an input shape: pass input_shape= or "
+                             "call it on data")
+        self.input_shape = shape
+        for layer in self.layers:
+            if not layer.built:
+                layer.build(shape, self.rng)
+            shape = layer.output_shape
+
+    def get_layer(self, name: str) -> Layer:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"no layer named {name!r} in model {self.name!r}; layers: "
+                       f"{', '.join(lay.name for lay in self.layers)}")
+
+    @property
+    def variables(self) -> list[Variable]:
+        return [v for layer in self.layers for v in layer.variables]
+
+    @property
+    def trainable_variables(self) -> list[Variable]:
+        return [v for v in self.variables if v.trainable]
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [w for layer in self.layers for w in layer.get_weights()]
+
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        weights = list(weights)
+        for layer in self.layers:
+            n = len(layer.get_weights())
+            layer.set_weights(weights[:n])
+            weights = weights[n:]
+
+    def count_params(self) -> int:
+        return sum(int(w.size) for w in self.get_weights())
+
+    def summary(self, print_fn: Callable[[str], None] | None = print) -> str:
+        if not self.built:
+            self.build()
+        rows = [("layer", "type", "output shape", "params")]
+        for layer in self.layers:
+            rows.append((layer.name, layer.describe(), str((None, *layer.output_shape)),
+                         str(sum(w.size for w in layer.get_weights()))))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = [f'Model "{self.name}"']
+        for i, r in enumerate(rows):
+            lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+            if i == 0:
+                lines.append("-" * len(lines[-1]))
+        lines.append(f"total parameters: {self.count_params()}")
+        text = "\n".join(lines)
+        if print_fn:
+            print_fn(text)
+        return text
+
+    # -- running
+    def __call__(self, x: Any, training: bool = False) -> Tensor:
+        x = self._input(x)
+        if not self.built:
+            self.build(x.shape[1:])
+        for layer in self.layers:
+            x = layer(x, training, self.rng)
+        return x
+
+    def _input(self, x: Any) -> Tensor:
+        if isinstance(x, Tensor):
+            return x
+        x = np.asarray(x)
+        if x.dtype != np.float32:
+            x = x.astype(np.float32)  # the model is float32; float64 data must not upcast it
+        return Tensor(x)
+
+    def compile(self, loss: Any, optimizer: Any = "sgd", metrics: Sequence[str] = ()) -> None:
+        self.loss = get_loss(loss)
+        self.optimizer = optim.get(optimizer)
+        for m in metrics:
+            if m not in METRICS:
+                raise ValueError(f"unknown metric {m!r}; expected one of {', '.join(METRICS)}")
+        self.metrics = list(metrics)
+
+    def _fusable(self) -> bool:
+        last = self.layers[-1] if self.layers else None
+        act = last.activation if isinstance(last, Dense) else last
+        return (isinstance(act, Activation) and not self.loss.from_logits
+                and act.activation == self.loss.fuses)
+
+    def _forward_loss(self, x: Tensor, y: Any, training: bool) -> tuple[Tensor, Tensor]:
+        """(loss, predictions). A final softmax/sigmoid is fused into its cross-entropy."""
+        if not self._fusable():
+            pred = self(x, training)
+            return self.loss(y, pred), pred
+        *body, last = self.layers
+        for layer in body:
+            x = layer(x, training, self.rng)
+        if isinstance(last, Dense):
+            logits = ops.dense(x, {}, last._weights())
+        else:
+            logits = x
+        return self.loss.from_logits_loss(y, logits), logits
+
+    def _predictions(self, out: Tensor) -> np.ndarray:
+        if self._fusable():  # `out` holds logits
+            return ops.OPS[self.loss.fuses].forward(out, {}, {}).data
+        return out.data
+
+    def train_step(self, x: Any, y: Any) -> tuple[float, Tensor]:
+        """One optimizer step on a batch; returns the batch loss and the model's output."""
+        x = self._input(x)
+        if not self.built:
+            self.build(x.shape[1:])
+        variables = self.trainable_variables
+        with Tape() as tape:
+            loss, out = self._forward_loss(x, y, training=True)
+        grads = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(grads, variables))
+        return float(loss.data), out
+
+    def fit(self, x: Any, y: Any, epochs: int = 1, batch_size: int = 32,
+            validation_data: tuple[Any, Any] | None = None, shuffle: bool = True,
+            callbacks: Sequence[Callback] = (), verbose: int = 0) -> History:
+        """Train; returns a History with per-epoch loss and metrics (and `val_` ones)."""
+        if self.loss is None:
+            raise ValueError("call compile() before fit()")
+        x = np.asarray(x, dtype=np.float32)
+        y = np.asarray(y)
+        if len(x) != len(y):
+            raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
+        if not self.built:
+            self.build(x.shape[1:])
+        n = len(x)
+        batches = max(1, math.ceil(n / batch_size))
+        history = History()
+        cbs = [history, *callbacks] + ([ProgressBar()] if verbose else [])
+        self.stop_training = False
+        f = self._fit = _FitState(epochs, batches)
+        for cb in cbs:
+            cb.model = self
+        for cb in cbs:
+            cb.on_train_begin()
+        while f.epoch < epochs and not self.stop_training:
+            if f.batch == 0:
+                f.order = self.rng.permutation(n) if shuffle else np.arange(n)
+                f.sums, f.seen = {}, 0
+            for cb in cbs:
+                cb.on_epoch_begin(f.epoch)
+            while f.batch < batches and not self.stop_training:
+                idx = f.order[f.batch * batch_size:(f.batch + 1) * batch_size]
+                yb = y[idx]
+                loss, out = self.train_step(x[idx], yb)
+                k = len(idx)
+                f.sums["loss"] = f.sums.get("loss", 0.0) + loss * k
+                if self.metrics:
+                    pred = self._predictions(out)
+                    for m in self.metrics:
+                        f.sums[m] = f.sums.get(m, 0.0) + METRICS[m](yb, pred) * k
+                f.seen += k
+                f.batch += 1
+                f.global_step += 1
+                f.steps.append(loss)
+                logs = {m: s / f.seen for m, s in f.sums.items()}
+                for cb in cbs:
+                    cb.on_train_batch_end(f.batch, logs)
+            logs = {m: s / max(f.seen, 1) for m, s in f.sums.items()}
+            if validation_data is not None:
+                val = self.evaluate(*validation_data, batch_size=max(batch_size, 256))
+                logs.update({f"val_{k}": v for k, v in val.items()})
+            for k, v in logs.items():
+                f.history.setdefault(k, []).append(v)
+            f.epoch += 1
+            f.batch = 0
+            for cb in cbs:
+                cb.on_epoch_end(f.epoch - 1, logs)
+        for cb in cbs:
+            cb.on_train_end()
+        history.history = {k: list(v) for k, v in f.history.items()}
+        history.epoch = list(range(len(next(iter(f.history.values()), []))))
+        history.steps = list(f.steps)
+        return history
+
+    def evaluate(self, x: Any, y: Any, batch_size: int = 256) -> dict[str, float]:
+        """Mean loss and metrics over (x, y), without training behaviour (no dropout)."""
+        if self.loss is None:
+            raise ValueError("call compile() before evaluate()")
+        x = np.asarray(x, dtype=np.float32)
+        y = np.asarray(y)
+        sums: dict[str, float] = {}
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            loss, out = self._forward_loss(self._input(xb), yb, training=False)
+            pred = self._predictions(out)
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.data) * len(xb)
+            for m in self.metrics:
+                sums[m] = sums.get(m, 0.0) + METRICS[m](yb, pred) * len(xb)
+        return {k: v / max(len(x), 1) for k, v in sums.items()}
+
+    def predict(self, x: Any, batch_size: int = 256) -> np.ndarray:
+        """Outputs for a batch `(N, ...)`, computed `batch_size` samples at a time."""
+        x = np.asarray(x, dtype=np.float32)
+        if not self.built:
+            self.build(x.shape[1:])
+        parts = [self(x[i:i + batch_size]).data for i in range(0, len(x), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, *self.layers[-1].output_shape),
+                                                             np.float32)
+
+    # -- IR and training state
+    def to_ir(self, name: str | None = None, labels: Sequence[str] | None = None,
+              metadata: Mapping[str, Any] | None = None) -> ir.Model:
+        """The trained model as an IR `Model` (Dropout leaves no node)."""
+        if not self.built:
+            self.build()
+        specs = [spec for layer in self.layers for spec in layer.ir_nodes()]
+        return ir.make_model(name or self.name, self.input_shape, specs, labels, metadata)
+
+    def _save_training_state(self, path: str) -> None:
+        f = self._fit
+        facts, slots = self.optimizer.get_state(self.trainable_variables)
+        doc = {
+            "format": "distill-checkpoint", "format_version": 1,
+            "epoch": f.epoch, "batch": f.batch, "global_step": f.global_step,
+            "sums": f.sums, "seen": f.seen, "history": f.history, "steps": f.steps,
+            "rng": self.rng.bit_generator.state, "optimizer": facts,
+            "weights": len(self.get_weights()),
+        }
+        arrays = {f"weights/{i}.npy": w for i, w in enumerate(self.get_weights())}
+        arrays.update({f"optimizer/{k}.npy": v for k, v in slots.items()})
+        if f.order is not None:
+            arrays["order.npy"] = f.order
+        ir.atomic_write(path, ir.archive_bytes(_jsonable(doc), arrays, "checkpoint.json"))
+
+    def _restore_training_state(self, path: str) -> None:
+        from .errors import ModelFormatError
+        doc, z = ir.read_archive(path, "checkpoint.json", "distill checkpoint")
+        with z:
+            try:
+                def arr(name):
+                    import io
+                    return np.lib.format.read_array(io.BytesIO(z.read(name)),
+                                                    allow_pickle=False)
+                weights = [arr(f"weights/{i}.npy") for i in range(doc["weights"])]
+                self.set_weights(weights)
+                slots = {n[len("optimizer/"):-4]: arr(n) for n in z.namelist()
+                         if n.startswith("optimizer/")}
+                self.optimizer.set_state(self.trainable_variables, doc["optimizer"], slots)
+                self.rng.bit_generator.state = doc["rng"]
+                f = self._fit
+                f.epoch, f.batch, f.global_step = doc["epoch"], doc["batch"], doc["global_step"]
+                f.sums, f.seen = doc["sums"], doc["seen"]
+                f.history, f.steps = doc["history"], doc["steps"]
+                f.order = arr("order.npy") if "order.npy" in z.namelist() else None
+            except (KeyError, ValueError, TypeError, OSError) as e:
+                raise ModelFormatError(f"{path}: checkpoint is unusable ({e}); delete it to "
+                                       "start over") from None
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x

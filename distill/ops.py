@@ -1,0 +1,142 @@
+"""THE op registry: the math of every IR op, written once.
+
+Where it sits: between the autodiff core and everything else. Training layers (`nn`) call these
+functions on tracked tensors, and the reference interpreter (`ir.run`) calls the same functions
+on constants, so there is one definition of what each op computes. Exporters emit code that
+computes the same thing; the emitted code is verified against `ir.run`, i.e. against this file.
+
+An op is registered with `@op(name, weights=..., attrs=...)` on its forward function
+`forward(x, attrs, weights) -> Tensor`, plus a shape rule. Adding a layer starts here: one
+function, then one template per text language (`templates/<lang>/ops/<op>.j2`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from math import prod
+from typing import Any
+
+from . import autodiff as ad
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    forward: Callable[[Any, Mapping[str, Any], Mapping[str, Any]], ad.Tensor]
+    out_shape: Callable[[Shape, Mapping[str, Any], Mapping[str, Any]], Shape]
+    weights: tuple[str, ...] = ()          # required weight names
+    optional_weights: tuple[str, ...] = ()  # weights that may be absent (a dense without bias)
+    attrs: Mapping[str, type] = field(default_factory=dict)  # allowed attributes and their types
+    macs: Callable[[Shape, Shape], int] = lambda i, o: 0  # multiply-adds per sample
+    doc: str = ""
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def op(name: str, *, shape: Callable | None = None, weights: tuple[str, ...] = (),
+       optional_weights: tuple[str, ...] = (), attrs: Mapping[str, type] | None = None,
+       macs: Callable[[Shape, Shape], int] | None = None) -> Callable:
+    """Register `forward` as the op `name`. Without `shape` the op keeps its input's shape."""
+    def register(forward: Callable) -> Callable:
+        OPS[name] = OpDef(name=name, forward=forward,
+                          out_shape=shape or (lambda s, a, w: s),
+                          weights=weights, optional_weights=optional_weights,
+                          attrs=dict(attrs or {}),
+                          macs=macs or (lambda i, o: 0),
+                          doc=(forward.__doc__ or "").strip())
+        return forward
+    return register
+
+
+# ------------------------------------------------------------------------------------ the ops
+
+def _dense_shape(s: Shape, attrs, w) -> Shape:
+    kernel = w["kernel"].shape
+    if len(kernel) != 2 or not s or s[-1] != kernel[0]:
+        raise ValueError(f"kernel of shape {kernel} does not fit an input of shape {s}")
+    if "bias" in w and w["bias"].shape != (kernel[1],):
+        raise ValueError(f"bias of shape {w['bias'].shape} does not fit kernel {kernel}")
+    return s[:-1] + (kernel[1],)
+
+
+@op("dense", shape=_dense_shape, weights=("kernel",), optional_weights=("bias",),
+    macs=lambda i, o: prod(i[:-1]) * i[-1] * o[-1])
+def dense(x, attrs, w):
+    """y = x @ kernel + bias, kernel (inputs, units) as in Keras; acts on the last axis."""
+    y = ad.matmul(x, w["kernel"])
+    return y + w["bias"] if "bias" in w else y
+
+
+@op("normalize", weights=("mean", "std"))
+def normalize(x, attrs, w):
+    """y = (x - mean) / std, per feature: standardization learned from the training data."""
+    return (x - w["mean"]) / w["std"]
+
+
+@op("linear")
+def linear(x, attrs, w):
+    """y = x (an explicit identity activation)."""
+    return x
+
+
+@op("sigmoid")
+def sigmoid(x, attrs, w):
+    """y = 1 / (1 + exp(-x)), computed as e / (1 + e) with e = exp(-|x|) for x < 0."""
+    return ad.sigmoid(x)
+
+
+@op("tanh")
+def tanh(x, attrs, w):
+    """y = tanh(x)."""
+    return ad.tanh(x)
+
+
+@op("relu")
+def relu(x, attrs, w):
+    """y = max(x, 0)."""
+    return ad.relu(x)
+
+
+@op("leaky_relu", attrs={"alpha": float})
+def leaky_relu(x, attrs, w):
+    """y = x if x > 0 else alpha * x; alpha is kept exactly as trained (a float32)."""
+    return ad.leaky_relu(x, attrs["alpha"])
+
+
+@op("softmax")
+def softmax(x, attrs, w):
+    """y = exp(x - max x) / sum(exp(x - max x)) over the last axis."""
+    return ad.softmax(x, -1)
+
+
+def _reshape_shape(s: Shape, attrs, w) -> Shape:
+    target = list(attrs["shape"])
+    if target.count(-1) > 1 or any(d == 0 or d < -1 for d in target):
+        raise ValueError(f"bad target shape {tuple(target)}")
+    size, known = prod(s), prod(d for d in target if d != -1)
+    if -1 in target:
+        if known == 0 or size % known:
+            raise ValueError(f"cannot reshape {s} into {tuple(target)}")
+        target[target.index(-1)] = size // known
+    if prod(target) != size:
+        raise ValueError(f"cannot reshape {s} into {tuple(target)}")
+    return tuple(target)
+
+
+@op("reshape", shape=_reshape_shape, attrs={"shape": list})
+def reshape(x, attrs, w):
+    """Per-sample reshape, row-major (C order); moves no data in emitted code."""
+    return ad.reshape(x, (x.shape[0], *_reshape_shape(x.shape[1:], attrs, w)))
+
+
+@op("flatten", shape=lambda s, a, w: (prod(s),))
+def flatten(x, attrs, w):
+    """Per-sample flatten to one axis, row-major (C order)."""
+    return ad.reshape(x, (x.shape[0], -1))
+
+
+ACTIVATIONS = ("linear", "sigmoid", "tanh", "relu", "leaky_relu", "softmax")

@@ -1,0 +1,232 @@
+"""The autodiff core: every primitive and fused op against central differences (float64),
+broadcasting, ties, fan-out, dtypes, and the tape's contract."""
+
+import numpy as np
+import pytest
+
+import distill.autodiff as ad
+from distill.autodiff import Tape, Tensor, Variable, check_gradients
+
+rng = np.random.default_rng(1234)
+
+
+def r(*shape, low=-2.0, high=2.0):
+    return rng.uniform(low, high, shape)
+
+
+def pos(*shape):
+    return rng.uniform(0.5, 2.0, shape)
+
+
+onehot = np.eye(5)[[0, 3, 1, 4]]
+W234, W34, W27, W35, W45, B32 = r(4, 2, 3), r(3, 4), r(2, 7), r(3, 5), r(4, 5), r(3, 2) > 0
+
+# (name, function of Tensors, input arrays). Shapes include broadcasting and keepdims.
+CASES = [
+    ("add", lambda a, b: a + b, [r(3, 4), r(4)]),
+    ("add_bcast_both", lambda a, b: ad.add(a, b), [r(3, 1), r(1, 4)]),
+    ("add_scalar_tensor", lambda a, b: a + b, [r(2, 3), r()]),
+    ("sub", lambda a, b: a - b, [r(2, 3, 4), r(3, 1)]),
+    ("rsub_const", lambda a: 3.0 - a, [r(3)]),
+    ("mul", lambda a, b: a * b, [r(3, 4), r(1, 4)]),
+    ("mul_same", lambda a: a * a, [r(5)]),
+    ("div", lambda a, b: a / b, [r(3, 4), pos(4)]),
+    ("rdiv_const", lambda a: 1.0 / a, [pos(2, 2)]),
+    ("neg", lambda a: -a, [r(3, 2)]),
+    ("pow_const", lambda a: a ** 3, [r(4)]),
+    ("pow_both", lambda a, b: ad.pow(a, b), [pos(3, 2), r(2)]),
+    ("matmul_2d", lambda a, b: a @ b, [r(3, 4), r(4, 5)]),
+    ("matmul_vec_mat", lambda a, b: a @ b, [r(4), r(4, 3)]),
+    ("matmul_mat_vec", lambda a, b: a @ b, [r(3, 4), r(4)]),
+    ("matmul_vec_vec", lambda a, b: a @ b, [r(4), r(4)]),
+    ("matmul_batched_bcast", lambda a, b: a @ b, [r(2, 3, 4), r(4, 2)]),
+    ("exp", lambda a: ad.exp(a), [r(3, 3)]),
+    ("log", lambda a: ad.log(a), [pos(3, 3)]),
+    ("tanh", lambda a: ad.tanh(a), [r(3, 3)]),
+    ("maximum", lambda a, b: ad.maximum(a, b), [r(3, 4), r(4)]),
+    ("where", lambda a, b: ad.where(np.arange(4) % 2 == 0, a, b), [r(3, 4), r(3, 1)]),
+    ("sum_all", lambda a: ad.sum(a), [r(3, 4)]),
+    ("sum_axis", lambda a: ad.sum(a, axis=1) * np.arange(3.0), [r(3, 4)]),
+    ("sum_axes_keepdims", lambda a: ad.sum(a, axis=(0, 2), keepdims=True) * a,
+     [r(2, 3, 4)]),
+    ("mean_axis", lambda a: ad.mean(a, axis=0) ** 2, [r(3, 4)]),
+    ("mean_keepdims", lambda a: a - ad.mean(a, axis=-1, keepdims=True), [r(3, 4)]),
+    ("max_axis", lambda a: ad.max(a, axis=1) * np.arange(1.0, 4.0), [r(3, 4)]),
+    ("max_keepdims", lambda a: a * ad.max(a, axis=0, keepdims=True), [r(3, 4)]),
+    ("reshape", lambda a: ad.reshape(a, (4, 3)) @ np.arange(3.0), [r(2, 6)]),
+    ("transpose", lambda a: ad.transpose(a) @ np.arange(3.0), [r(3, 4)]),
+    ("transpose_axes", lambda a: ad.transpose(a, (2, 0, 1)) * W234, [r(2, 3, 4)]),
+    ("getitem_slice", lambda a: a[1:, ::2] * 2.0, [r(3, 4)]),
+    ("getitem_repeated", lambda a: a[[0, 0, 2]] * W34, [r(3, 4)]),
+    ("concatenate", lambda a, b: ad.concatenate([a, b, a], axis=1) * W27, [r(2, 3), r(2, 1)]),
+    ("cast", lambda a: ad.cast(a, np.float64) * 2.0, [r(3)]),
+    ("sigmoid", lambda a: ad.sigmoid(a), [r(3, 4, low=-8, high=8)]),
+    ("relu", lambda a: ad.relu(a), [r(3, 4)]),
+    ("leaky_relu", lambda a: ad.leaky_relu(a, 0.2), [r(3, 4)]),
+    ("softmax", lambda a: ad.softmax(a) * W35, [r(3, 5)]),
+    ("softmax_axis0", lambda a: ad.softmax(a, axis=0) * W35, [r(3, 5)]),
+    ("log_softmax", lambda a: ad.log_softmax(a) * W45, [r(4, 5)]),
+    ("softmax_ce", lambda a: ad.softmax_cross_entropy(a, onehot), [r(4, 5)]),
+    ("sigmoid_ce", lambda a: ad.sigmoid_cross_entropy(a, B32), [r(3, 2)]),
+]
+
+
+@pytest.mark.parametrize("name,fn,arrays", CASES, ids=[c[0] for c in CASES])
+def test_gradient_matches_central_difference(name, fn, arrays):
+    assert check_gradients(fn, *arrays) < 1e-5
+
+
+def test_every_primitive_and_composite_is_covered():
+    covered = {c[0].split("_")[0] for c in CASES} | {c[0] for c in CASES}
+    for op in ["add", "sub", "mul", "div", "neg", "pow", "matmul", "exp", "log", "tanh",
+               "maximum", "where", "sum", "mean", "max", "reshape", "transpose", "getitem",
+               "concatenate", "sigmoid", "relu", "leaky_relu", "softmax", "log_softmax"]:
+        assert op in covered, op
+
+
+def test_checker_catches_a_wrong_gradient():
+    def broken(a):
+        out = ad.exp(a)
+        return ad._record(out.data, (a,), lambda g: (2 * g * out.data,))  # wrong by 2x
+    with pytest.raises(AssertionError, match="differs"):
+        check_gradients(broken, r(3))
+
+
+def grad_of(fn, *arrays):
+    xs = [Tensor(np.array(a, dtype=np.float64)) for a in arrays]
+    with Tape() as tape:
+        tape.watch(xs)
+        out = fn(*xs)
+    return [g.numpy() for g in tape.gradient(out, xs)]
+
+
+def test_relu_and_maximum_ties():
+    # relu's subgradient at 0 is 0 (the frameworks' convention).
+    assert grad_of(ad.relu, np.zeros(3))[0].tolist() == [0, 0, 0]
+    # maximum splits a tie evenly, which is what a central difference measures ...
+    ga, gb = grad_of(ad.maximum, np.array([1.0, 2.0, 0.0]), np.array([1.0, 1.0, 0.0]))
+    assert ga.tolist() == [0.5, 1.0, 0.5] and gb.tolist() == [0.5, 0.0, 0.5]
+    assert check_gradients(ad.maximum, np.zeros(3), np.zeros(3)) < 1e-9
+    # ... so maximum(x, x) = x keeps derivative 1, and max over an axis splits between equals.
+    assert grad_of(lambda a: ad.maximum(a, a), np.zeros(2))[0].tolist() == [1, 1]
+    assert grad_of(lambda a: ad.max(a, axis=0), np.array([3.0, 3.0, 1.0]))[0].tolist() == [
+        0.5, 0.5, 0.0]
+    assert check_gradients(lambda a: ad.leaky_relu(a, 0.2), np.array([-1.0, 1.0])) < 1e-9
+
+
+def test_diamond_graph_accumulates_both_paths():
+    x = Variable(np.array(3.0, dtype=np.float64))
+    with Tape() as tape:
+        a = x * 2.0
+        b = ad.exp(x)
+        y = a * b  # x reaches y along two paths
+    (g,) = tape.gradient(y, [x])
+    assert g.numpy() == pytest.approx(2 * np.exp(3.0) + 6.0 * np.exp(3.0))
+
+
+def test_fan_out_of_an_intermediate():
+    x = Variable(np.array([1.0, 2.0]))
+    with Tape() as tape:
+        h = x * x
+        y = ad.sum(h + h * 3.0)
+    np.testing.assert_allclose(tape.gradient(y, x).numpy(), 8 * np.array([1.0, 2.0]))
+
+
+def test_gradient_structure_follows_sources():
+    a, b = Variable([1.0, 2.0]), Variable([3.0])
+    unused = Variable([0.0])
+    with Tape(persistent=True) as tape:
+        y = ad.sum(a * b)
+    assert isinstance(tape.gradient(y, a), Tensor)
+    ga, gb = tape.gradient(y, [a, b])
+    assert ga.numpy().tolist() == [3, 3] and gb.numpy().tolist() == [3]
+    d = tape.gradient(y, {"a": a, "nested": (b, unused)})
+    assert set(d) == {"a", "nested"} and d["nested"][1] is None
+    assert isinstance(d["nested"], tuple)
+
+
+def test_tape_is_single_use_unless_persistent():
+    x = Variable([1.0])
+    with Tape() as tape:
+        y = x * 2.0
+    tape.gradient(y, x)
+    with pytest.raises(RuntimeError, match="persistent"):
+        tape.gradient(y, x)
+
+
+def test_nothing_recorded_outside_a_tape_or_for_constants():
+    x = Variable([1.0])
+    y = x * 2.0
+    assert not y.requires_grad
+    c = Tensor([1.0])
+    with Tape() as tape:
+        z = c * 2.0
+    assert not z.requires_grad and tape._ops == []
+
+
+def test_output_gradients_seed():
+    x = Variable([1.0, 2.0])
+    with Tape() as tape:
+        y = x * 3.0
+    assert tape.gradient(y, x, output_gradients=[1.0, -1.0]).numpy().tolist() == [3, -3]
+
+
+def test_dtypes_float32_by_default_float64_kept_no_upcast():
+    assert Tensor([1.0, 2.0]).dtype == np.float32
+    assert Tensor(np.zeros(2)).dtype == np.float64
+    w = Variable(np.ones((3, 2), np.float32))
+    with Tape() as tape:
+        y = ad.sum(ad.sigmoid(Tensor(np.ones((4, 3), np.float32)) @ w * 0.5 + 1.0) ** 2)
+    assert y.dtype == np.float32
+    assert tape.gradient(y, w).dtype == np.float32
+    w64 = Variable(np.ones(2))
+    with Tape() as tape:
+        y = ad.sum(w64 * 2.0)
+    assert tape.gradient(y, w64).dtype == np.float64
+
+
+def test_fused_ops_equal_their_composition():
+    x = r(4, 5)
+    compositions = {
+        "sigmoid": (ad.sigmoid, lambda a: 1.0 / (1.0 + ad.exp(-a))),
+        "relu": (ad.relu, lambda a: ad.where(a.data > 0, a, 0.0)),
+        "leaky_relu": (lambda a: ad.leaky_relu(a, 0.3), lambda a: ad.where(a.data > 0, a, a * 0.3)),
+        "softmax": (ad.softmax, lambda a: ad.exp(a) / ad.sum(ad.exp(a), -1, keepdims=True)),
+        "log_softmax": (ad.log_softmax,
+                        lambda a: a - ad.log(ad.sum(ad.exp(a), -1, keepdims=True))),
+        "softmax_ce": (lambda a: ad.softmax_cross_entropy(a, np.eye(5)[[1, 2, 0, 4]]),
+                       lambda a: -ad.sum(ad.log_softmax(a) * np.eye(5)[[1, 2, 0, 4]], -1)),
+        "sigmoid_ce": (lambda a: ad.sigmoid_cross_entropy(a, x > 0),
+                       lambda a: -(ad.log(ad.sigmoid(a)) * (x > 0)
+                                   + ad.log(1.0 - ad.sigmoid(a)) * (x <= 0))),
+    }
+    for name, (fused, composed) in compositions.items():
+        weights = r(*fused(Tensor(x)).shape)
+        gf = grad_of(lambda a, f=fused, w=weights: f(a) * w, x)[0]
+        gc = grad_of(lambda a, f=composed, w=weights: f(a) * w, x)[0]
+        np.testing.assert_allclose(fused(Tensor(x)).numpy(), composed(Tensor(x)).numpy(),
+                                   rtol=1e-12, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(gf, gc, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_losses_stay_finite_for_huge_logits(dtype):
+    logits = np.array([[1000.0, -1000.0, 0.0], [-1000.0, 1000.0, 0.0]], dtype)
+    labels = np.eye(3, dtype=dtype)[[1, 1]]
+    for fn in (lambda a: ad.softmax_cross_entropy(a, labels),
+               lambda a: ad.sigmoid_cross_entropy(a, labels),
+               lambda a: ad.log_softmax(a), lambda a: ad.softmax(a), lambda a: ad.sigmoid(a)):
+        x = Variable(logits)
+        with np.errstate(over="raise", invalid="raise", divide="raise"), Tape() as tape:
+            y = fn(x)
+        g = tape.gradient(y, x).numpy()
+        assert np.isfinite(y.numpy()).all() and np.isfinite(g).all()
+    ce = ad.softmax_cross_entropy(Tensor(logits), labels).numpy()
+    assert ce[0] == pytest.approx(2000.0) and ce[1] == pytest.approx(0.0)
+
+
+def test_user_function_with_gradient_checker():
+    # The checker is for users' own functions too: a tiny MLP written by hand.
+    def mlp(x, w1, w2):
+        return ad.mean(ad.tanh(x @ w1) @ w2)
+    assert check_gradients(mlp, r(5, 3), r(3, 4), r(4, 2)) < 1e-6

@@ -1,0 +1,329 @@
+"""Layers, losses, optimizers, callbacks and Sequential: hand-computed expectations."""
+
+import math
+
+import numpy as np
+import pytest
+
+import distill
+import distill.autodiff as ad
+from distill import nn, optim
+from distill.autodiff import Tape, Variable
+
+
+def test_one_weight_linear_model_by_hand():
+    w, b = Variable([[0.5]]), Variable([0.25])
+    x, t = np.float32(2.0), np.float32(3.0)
+    with Tape() as tape:
+        y = ad.matmul(np.array([[x]]), w) + b
+        loss = ad.sum((y - t) ** 2)
+    dw, db = tape.gradient(loss, [w, b])
+    yv = 0.5 * 2.0 + 0.25
+    assert dw.numpy()[0, 0] == pytest.approx(2 * (yv - 3.0) * 2.0)
+    assert db.numpy()[0] == pytest.approx(2 * (yv - 3.0))
+    w0, b0 = w.numpy().copy(), b.numpy().copy()
+    optim.SGD(0.1).apply_gradients(zip([dw, db], [w, b]))
+    assert w.numpy()[0, 0] == np.float32(w0[0, 0] - np.float32(0.1) * dw.numpy()[0, 0])
+    assert b.numpy()[0] == np.float32(b0[0] - np.float32(0.1) * db.numpy()[0])
+
+
+GRADS = [np.array([0.5, -1.0]), np.array([0.1, 2.0]), np.array([-0.3, 0.4])]
+
+
+def run_three_steps(opt):
+    v = Variable(np.array([1.0, -2.0]))
+    for g in GRADS:
+        opt.apply_gradients([(g, v)])
+    return v.numpy()
+
+
+def by_hand_sgd(lr, momentum=0.0, nesterov=False):
+    w, m = np.array([1.0, -2.0]), np.zeros(2)
+    for g in GRADS:
+        m = momentum * m - lr * g
+        w = w + (momentum * m - lr * g if nesterov else m)
+    return w
+
+
+def by_hand_adam(lr, b1=0.9, b2=0.999, eps=1e-7):
+    w, m, v = np.array([1.0, -2.0]), np.zeros(2), np.zeros(2)
+    for t, g in enumerate(GRADS, 1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        w = w - lr * math.sqrt(1 - b2**t) / (1 - b1**t) * m / (np.sqrt(v) + eps)
+    return w
+
+
+def by_hand_rmsprop(lr, rho=0.9, momentum=0.0, eps=1e-7):
+    w, v, m = np.array([1.0, -2.0]), np.zeros(2), np.zeros(2)
+    for g in GRADS:
+        v = rho * v + (1 - rho) * g * g
+        step = lr * g / np.sqrt(v + eps)
+        m = momentum * m + step
+        w = w - m
+    return w
+
+
+@pytest.mark.parametrize("opt,expected", [
+    (optim.SGD(0.1), by_hand_sgd(0.1)),
+    (optim.SGD(0.1, momentum=0.9), by_hand_sgd(0.1, 0.9)),
+    (optim.SGD(0.1, momentum=0.9, nesterov=True), by_hand_sgd(0.1, 0.9, True)),
+    (optim.Adam(0.01), by_hand_adam(0.01)),
+    (optim.Adam(0.05, beta_1=0.5, beta_2=0.9, epsilon=1e-3),
+     by_hand_adam(0.05, 0.5, 0.9, 1e-3)),
+    (optim.RMSprop(0.01), by_hand_rmsprop(0.01)),
+    (optim.RMSprop(0.01, rho=0.8, momentum=0.5), by_hand_rmsprop(0.01, 0.8, 0.5)),
+], ids=["sgd", "momentum", "nesterov", "adam", "adam_opts", "rmsprop", "rmsprop_momentum"])
+def test_optimizer_matches_update_rule_for_three_steps(opt, expected):
+    np.testing.assert_allclose(run_three_steps(opt), expected, rtol=1e-12, atol=1e-14)
+    assert opt.iterations == 3
+
+
+def test_schedules():
+    exp = optim.ExponentialDecay(0.1, decay_steps=10, decay_rate=0.5)
+    assert exp(0) == 0.1 and exp(10) == pytest.approx(0.05) and exp(5) == pytest.approx(
+        0.1 * 0.5**0.5)
+    stair = optim.ExponentialDecay(0.1, 10, 0.5, staircase=True)
+    assert stair(9) == 0.1 and stair(10) == pytest.approx(0.05)
+    step = optim.StepDecay(1.0, step_size=3, factor=0.1)
+    assert [step(i) for i in range(7)] == pytest.approx([1, 1, 1, 0.1, 0.1, 0.1, 0.01])
+    pw = optim.PiecewiseConstantDecay([2, 4], [1.0, 0.5, 0.1])
+    assert [pw(i) for i in range(6)] == [1.0, 1.0, 1.0, 0.5, 0.5, 0.1]
+    # The optimizer reads the schedule at its step count.
+    opt = optim.SGD(optim.StepDecay(1.0, 1, 0.5))
+    v = Variable(np.array([0.0]))
+    for _ in range(3):
+        opt.apply_gradients([(np.array([1.0]), v)])
+    assert v.numpy()[0] == pytest.approx(-(1 + 0.5 + 0.25))
+    assert optim.get({"name": "sgd", "learning_rate": {"name": "step_decay",
+                                                       "initial_learning_rate": 0.2,
+                                                       "step_size": 5}}).current_learning_rate \
+        == pytest.approx(0.2)
+
+
+def blobs(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.normal(size=(n, 2)) + [3, 2], rng.normal(size=(n, 2)) - [3, 2]])
+    return x.astype(np.float32), np.repeat([0.0, 1.0], n).reshape(-1, 1).astype(np.float32)
+
+
+def small_model(seed=0, **kw):
+    m = nn.Sequential([nn.Dense(4, activation="tanh"), nn.Dropout(0.1),
+                       nn.Dense(1, activation="sigmoid")], seed=seed, **kw)
+    m.compile("binary_crossentropy", optim.Adam(0.01), ["accuracy"])
+    return m
+
+
+def test_names_layers_and_weights():
+    m = nn.Sequential([nn.Dense(3, input_shape=(2,)), nn.Dense(2, name="out"),
+                       nn.Activation("relu")])
+    m.build()
+    assert [layer.name for layer in m.layers] == ["dense", "out", "activation"]
+    assert m.get_layer("out").get_weights()[0].shape == (3, 2)
+    with pytest.raises(KeyError, match="no layer named"):
+        m.get_layer("nope")
+    with pytest.raises(ValueError, match="used twice"):
+        nn.Sequential([nn.Dense(1, name="a"), nn.Dense(1, name="a")])
+    kernel, bias = m.get_layer("dense").get_weights()
+    m.get_layer("dense").set_weights([kernel * 0 + 1, bias + 2])
+    np.testing.assert_allclose(m(np.ones((1, 2))).numpy(),
+                               np.maximum(np.full((1, 3), 4.0) @ m.layers[1].kernel.numpy()
+                                          + m.layers[1].bias.numpy(), 0), rtol=1e-6)
+    text = m.summary(print_fn=None)
+    assert "out" in text and "total parameters: 17" in text
+    assert m.count_params() == 3 * 2 + 3 + 3 * 2 + 2
+
+
+def test_initializers_are_seeded_and_scaled():
+    a = nn.GlorotUniform(seed=3)((100, 50))
+    assert np.array_equal(a, nn.GlorotUniform(seed=3)((100, 50)))
+    assert np.abs(a).max() <= math.sqrt(6 / 150)
+    h = nn.HeNormal(seed=1)((400, 300))
+    assert h.std() == pytest.approx(math.sqrt(2 / 400), rel=0.05)
+    assert nn.get_initializer("zeros")((2, 2)).tolist() == [[0, 0], [0, 0]]
+    assert a.dtype == np.float32
+
+
+def test_dropout_only_in_training():
+    layer = nn.Dropout(0.5)
+    x = ad.Tensor(np.ones((1000,), np.float32))
+    rng = np.random.default_rng(0)
+    assert np.array_equal(layer(x, training=False, rng=rng).numpy(), x.numpy())
+    y = layer(x, training=True, rng=rng).numpy()
+    assert set(np.unique(y)) == {0.0, 2.0} and 400 < (y == 0).sum() < 600
+
+
+def test_same_seed_bit_identical_weights():
+    x, y = blobs()
+    runs = []
+    for _ in range(2):
+        m = small_model(seed=7)
+        m.fit(x, y, epochs=3, batch_size=16)
+        runs.append(m.get_weights())
+    for a, b in zip(*runs):
+        assert np.array_equal(a, b)
+    other = small_model(seed=8)
+    other.fit(x, y, epochs=1, batch_size=16)
+    assert not np.array_equal(other.get_weights()[0], runs[0][0])
+
+
+def test_fit_history_evaluate_predict():
+    x, y = blobs()
+    m = small_model()
+    h = m.fit(x, y, epochs=5, batch_size=32, validation_data=(x[:50], y[:50]))
+    assert set(h.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert all(len(v) == 5 for v in h.history.values())
+    assert h.history["loss"][-1] < h.history["loss"][0]
+    assert len(h.steps) == 5 * math.ceil(len(x) / 32)
+    ev = m.evaluate(x, y)
+    assert ev["accuracy"] > 0.95
+    p = m.predict(x, batch_size=7)
+    assert p.shape == (len(x), 1)
+    np.testing.assert_allclose(p, m(x).numpy(), rtol=1e-6)
+    # evaluate's loss is the loss of the predictions
+    bce = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+    assert ev["loss"] == pytest.approx(bce, rel=1e-4)
+
+
+def test_fused_cross_entropy_equals_the_plain_one():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 4)).astype(np.float32)
+    labels = rng.integers(0, 3, 20)
+    m = nn.Sequential([nn.Dense(3, activation="softmax")], seed=0)
+    m.compile("categorical_crossentropy", "sgd")
+    m.build((4,))
+    fused, _ = m._forward_loss(ad.Tensor(x), np.eye(3)[labels], False)
+    plain = nn.CategoricalCrossentropy()(np.eye(3)[labels], m(x))
+    assert float(fused.numpy()) == pytest.approx(float(plain.numpy()), rel=1e-5)
+    sparse = nn.SparseCategoricalCrossentropy()(labels, m(x))
+    assert float(sparse.numpy()) == pytest.approx(float(plain.numpy()), rel=1e-6)
+    ce = nn.CategoricalCrossentropy(from_logits=True)(np.eye(3)[labels],
+                                                       ad.Tensor(x) @ m.layers[0].kernel
+                                                       + m.layers[0].bias)
+    assert float(ce.numpy()) == pytest.approx(float(plain.numpy()), rel=1e-5)
+
+
+def test_losses_by_hand():
+    t = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    p = ad.Tensor(np.array([[0.8, 0.1], [0.3, 0.6]], np.float32))
+    d = p.numpy() - t
+    assert float(nn.get_loss("mse")(t, p).numpy()) == pytest.approx(np.mean(d**2))
+    assert float(nn.get_loss("mae")(t, p).numpy()) == pytest.approx(np.mean(np.abs(d)))
+    assert float(nn.get_loss("half_sum_squared_error")(t, p).numpy()) == pytest.approx(
+        0.5 * np.sum(d**2) / 2)
+    bce = -np.mean(t * np.log(p.numpy()) + (1 - t) * np.log(1 - p.numpy()))
+    assert float(nn.get_loss("binary_crossentropy")(t, p).numpy()) == pytest.approx(bce, 1e-5)
+    with pytest.raises(ValueError, match="unknown loss"):
+        nn.get_loss("hinge_of_doom")
+
+
+def test_metrics():
+    assert nn.accuracy(np.array([[0], [1]]), np.array([[0.2], [0.9]])) == 1.0
+    assert nn.accuracy(np.eye(3)[[0, 1]], np.array([[0.9, 0.1, 0], [0.8, 0.1, 0.1]])) == 0.5
+    assert nn.accuracy(np.array([2, 0]), np.array([[0, 0, 1.0], [0, 1.0, 0]])) == 0.5
+    assert nn.mean_absolute_error(np.array([1.0, 2.0]), np.array([1.5, 1.0])) == 0.75
+
+
+def test_early_stopping_restores_best():
+    x, y = blobs()
+    m = small_model()
+    stop = nn.EarlyStopping(monitor="loss", patience=0, min_delta=10.0,
+                            restore_best_weights=True)
+    h = m.fit(x, y, epochs=10, callbacks=[stop])
+    assert len(h.history["loss"]) == 2 and stop.stopped_epoch == 1
+
+
+def test_model_checkpoint_writes_loadable_ir(tmp_path):
+    x, y = blobs()
+    m = small_model()
+    m.fit(x, y, epochs=2, batch_size=100,
+          callbacks=[nn.ModelCheckpoint(str(tmp_path / "m-{step}.distill"), save_freq=3)])
+    saved = sorted(p.name for p in tmp_path.iterdir())
+    assert saved == ["m-3.distill", "m-6.distill"]  # 8 steps in all
+    model = distill.load(tmp_path / "m-6.distill")
+    assert not np.array_equal(distill.run(model, x), m.predict(x))
+    m.fit(x, y, epochs=1, batch_size=100,
+          callbacks=[nn.ModelCheckpoint(str(tmp_path / "e{epoch}.distill"))])
+    model = distill.load(tmp_path / "e1.distill")
+    np.testing.assert_allclose(distill.run(model, x), m.predict(x), rtol=1e-6)
+
+
+def test_backup_and_restore_resumes_exactly(tmp_path):
+    x, y = blobs()
+    ref = small_model(seed=3)
+    ref_hist = ref.fit(x, y, epochs=4, batch_size=32)
+    path = str(tmp_path / "state.ckpt")
+
+    class Crash(nn.Callback):
+        def on_train_batch_end(self, step, logs=None):
+            if self.model._fit.global_step == 30:
+                raise KeyboardInterrupt
+
+    first = small_model(seed=3)
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(x, y, epochs=4, batch_size=32,
+                  callbacks=[nn.BackupAndRestore(path, save_freq=7), Crash()])
+    resumed = small_model(seed=99)  # a fresh process would not know the seed's state
+    backup = nn.BackupAndRestore(path, save_freq=7)
+    hist = resumed.fit(x, y, epochs=4, batch_size=32, callbacks=[backup])
+    assert backup.restored_step == 28  # the last multiple of 7 before the crash
+    for a, b in zip(ref.get_weights(), resumed.get_weights()):
+        assert np.array_equal(a, b)
+    assert hist.history == ref_hist.history
+    import os
+    assert not os.path.exists(path)  # removed once training completed
+
+
+def test_custom_training_loop_with_tape():
+    # The style of the `exp` workload write-up: a hand-written loop with Tape and Adam.
+    rng = np.random.default_rng(0)
+    model = nn.Sequential([nn.Dense(16, activation="tanh"), nn.Dense(1)], seed=0)
+    opt = optim.Adam(0.01)
+    x = rng.uniform(0, 1, (256, 1)).astype(np.float32)
+    t = np.exp(x)
+    model.build((1,))
+    first = None
+    for _ in range(300):
+        with Tape() as tape:
+            loss = ad.mean((model(x, training=True) - t) ** 2)
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        first = first or float(loss.numpy())
+    assert float(loss.numpy()) < first / 100
+
+
+def test_to_ir_keeps_names_and_exact_slopes():
+    m = nn.Sequential([nn.Normalization([1.0], [2.0], name="norm"),
+                       nn.Dense(3, activation="leaky_relu", name="hidden"),
+                       nn.LeakyReLU(0.1234567, name="leaky"), nn.Dropout(0.5),
+                       nn.Dense(2, activation="softmax", name="out")],
+                      input_shape=(1,), name="My Model", seed=0)
+    model = m.to_ir(labels=["a", "b"])
+    assert model.name == "my_model"
+    assert [(n.name, n.op) for n in model.nodes] == [
+        ("norm", "normalize"), ("hidden", "dense"), ("hidden_leaky_relu", "leaky_relu"),
+        ("leaky", "leaky_relu"), ("out", "dense"), ("out_softmax", "softmax")]
+    assert model.nodes[2].attrs["alpha"] == float(np.float32(0.2))
+    assert model.nodes[3].attrs["alpha"] == float(np.float32(0.1234567))
+    x = np.linspace(-3, 3, 20, dtype=np.float32).reshape(-1, 1)
+    np.testing.assert_array_equal(distill.run(model, x), m.predict(x))
+
+
+def test_tensorflow_gradients_agree_on_a_small_mlp():
+    tf = pytest.importorskip("tensorflow")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 5)).astype(np.float32)
+    labels = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 8)]
+    w1, b1 = rng.normal(size=(5, 4)).astype(np.float32), rng.normal(size=4).astype(np.float32)
+    w2, b2 = rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)
+    tv = [tf.Variable(a) for a in (w1, b1, w2, b2)]
+    with tf.GradientTape() as tape:
+        h = tf.nn.leaky_relu(x @ tv[0] + tv[1], 0.2)
+        loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels, h @ tv[2] + tv[3]))
+    expected = [g.numpy() for g in tape.gradient(loss, tv)]
+    dv = [Variable(a) for a in (w1, b1, w2, b2)]
+    with Tape() as tape:
+        h = ad.leaky_relu(ad.Tensor(x) @ dv[0] + dv[1], 0.2)
+        loss = ad.mean(ad.softmax_cross_entropy(h @ dv[2] + dv[3], labels))
+    for g, e in zip(tape.gradient(loss, dv), expected):
+        np.testing.assert_allclose(g.numpy(), e, atol=1e-5, rtol=1e-5)
