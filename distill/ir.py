@@ -208,9 +208,10 @@ def validate(model: Model) -> None:
     if model.labels is not None:
         if not all(isinstance(x, str) for x in model.labels):
             raise ModelFormatError("labels must be strings")
-        if len(model.labels) != model.output_shape[-1]:
-            raise ModelFormatError(f"{len(model.labels)} labels for "
-                                   f"{model.output_shape[-1]} outputs")
+        width = model.output_shape[-1]
+        # One output with two labels is a binary classifier: the output is P(labels[1]).
+        if len(model.labels) != width and not (width == 1 and len(model.labels) == 2):
+            raise ModelFormatError(f"{len(model.labels)} labels for {width} outputs")
 
 
 def _check_shape(shape: Any, where: str) -> None:

@@ -1,0 +1,136 @@
+"""Training backends: a `Config` in, a trained `ir.Model` and its history out.
+
+Where it sits: between the config/data layer and the IR. Every backend follows the same steps
+(`prepare` the data, train, convert, `evaluate` on the splits), so its results are comparable;
+only the training in the middle differs. `train(config, backend=...)` picks one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import data as dataset
+from .. import ir, nn
+from ..config import Config
+from ..errors import ConfigError, DataError
+
+BACKENDS = ("numpy", "tensorflow")
+
+
+@dataclass
+class Prepared:
+    """The config's data, split and shaped for its loss."""
+
+    train: dataset.Dataset
+    validation: dataset.Dataset | None
+    test: dataset.Dataset | None
+    x: dict[str, np.ndarray]
+    y: dict[str, np.ndarray]
+    standardize: tuple[np.ndarray, np.ndarray] | None
+    classes: int | None
+
+
+@dataclass
+class TrainResult:
+    model: ir.Model
+    history: dict[str, list[float]]
+    steps: list[float]
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def prepare(config: Config, seed: int) -> Prepared:
+    """Load and split the data, and shape the labels for the loss (one-hot, column, ...)."""
+    table = config.data
+    ds = dataset.load_data(table, config.base_dir, seed)
+    train, val, test = dataset.split(ds, table.get("validation", 0.0), table.get("test", 0.0),
+                                     table.get("seed", seed))
+    loss = nn.get_loss(config.loss)
+    classes = None
+    if ds.task == "classification":
+        classes = len(ds.class_names) if ds.class_names else int(ds.y.max()) + 1
+        if isinstance(loss, (nn.MeanSquaredError, nn.MeanAbsoluteError,
+                             nn.HalfSumSquaredError)):
+            raise ConfigError(f"loss {loss.name} is for regression, but {ds.description} is a "
+                              "classification set; use a cross-entropy loss")
+    elif not isinstance(loss, (nn.MeanSquaredError, nn.MeanAbsoluteError,
+                               nn.HalfSumSquaredError)):
+        raise ConfigError(f"loss {loss.name} is for classification, but {ds.description} is a "
+                          "regression set; use mean_squared_error")
+    if isinstance(loss, nn.BinaryCrossentropy) and classes != 2:
+        raise ConfigError(f"binary_crossentropy needs two classes, the data has {classes}")
+
+    def labels(part: dataset.Dataset) -> np.ndarray:
+        if ds.task == "regression":
+            return part.y.astype(np.float32)
+        if isinstance(loss, nn.SparseCategoricalCrossentropy):
+            return part.y
+        if isinstance(loss, nn.BinaryCrossentropy):
+            return part.y.astype(np.float32).reshape(-1, 1)
+        return dataset.one_hot(part.y, classes)
+
+    parts = {"train": train, "validation": val, "test": test}
+    stats = dataset.standardization(train.x) if table.get("standardize", False) else None
+    return Prepared(train, val, test,
+                    {k: v.x for k, v in parts.items() if v is not None},
+                    {k: labels(v) for k, v in parts.items() if v is not None},
+                    stats, classes)
+
+
+def check_output_width(config: Config, prep: Prepared, width: int, layer: str) -> None:
+    """The last layer must fit the labels: one unit per class, one for binary, d for targets."""
+    loss = nn.get_loss(config.loss)
+    if prep.classes is not None:
+        want = 1 if isinstance(loss, nn.BinaryCrossentropy) else prep.classes
+        what = "one output (binary)" if want == 1 else f"{want} outputs, one per class"
+    else:
+        want = prep.y["train"].shape[-1]
+        what = f"{want} outputs, one per target"
+    if width != want:
+        raise DataError(f"the last layer {layer!r} has {width} outputs but the data needs "
+                        f"{what}")
+
+
+def labels_for(prep: Prepared) -> list[str] | None:
+    names = prep.train.class_names
+    return list(names) if names and prep.classes else None
+
+
+def metadata(config: Config, prep: Prepared, backend: str, seed: int, epochs: int,
+             metrics: dict[str, dict[str, float]], extra: dict[str, Any] | None = None) -> dict:
+    return {
+        "task": prep.train.task,
+        "training": {
+            "backend": backend, "config": config.name, "data": prep.train.description,
+            "loss": nn.get_loss(config.loss).name, "epochs": epochs, "seed": seed,
+            "samples": {k: int(len(v)) for k, v in prep.x.items()},
+            "metrics": metrics, **(extra or {}),
+        },
+    }
+
+
+def evaluate_model(model: ir.Model, config: Config, prep: Prepared) -> dict[str, dict]:
+    """Loss and metrics of the *converted* model on every split, computed by `ir.run`."""
+    from ..autodiff import Tensor
+    loss = nn.get_loss(config.loss)
+    out: dict[str, dict[str, float]] = {}
+    for part, x in prep.x.items():
+        pred = ir.run(model, x)
+        y = prep.y[part]
+        scores = {"loss": float(loss(y, Tensor(pred)).data)}
+        for m in config.metrics:
+            scores[m] = float(nn.METRICS[m](y, pred))
+        out[part] = scores
+    return out
+
+
+def train(config: Config, backend: str = "numpy", **options: Any) -> TrainResult:
+    if backend == "numpy":
+        from .numpy import train as run
+    elif backend == "tensorflow":
+        from .tensorflow import train as run
+    else:
+        raise ConfigError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    return run(config, **options)

@@ -1,0 +1,62 @@
+"""The NumPy backend: trains a config with distill's own autodiff core (`nn.Sequential`).
+
+Checkpoints are `nn.BackupAndRestore` files: weights, optimizer slots, the random generator
+and the position in the epoch, written atomically every `checkpoint_every` steps, so a killed
+run resumed with `resume=True` takes exactly the steps the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .. import nn, optim
+from ..config import Config
+from ..errors import ConfigError, DataError
+from . import TrainResult, check_output_width, evaluate_model, labels_for, metadata, prepare
+
+
+def build_model(config: Config, prep, seed: int) -> nn.Sequential:
+    layers = config.build_layers()
+    if prep.standardize is not None:
+        layers.insert(0, nn.Normalization(*prep.standardize, name="standardize"))
+    model = nn.Sequential(layers, name=config.name, seed=seed)
+    try:
+        model.build(prep.x["train"].shape[1:])
+    except ValueError as e:
+        raise DataError(f"the layers do not fit the data {prep.x['train'].shape[1:]}: {e}") \
+            from None
+    last = model.layers[-1]
+    check_output_width(config, prep, last.output_shape[-1], last.name)
+    return model
+
+
+def train(config: Config, *, epochs: int | None = None, seed: int | None = None,
+          checkpoint: str | os.PathLike | None = None, resume: bool = False,
+          verbose: int = 1, callbacks: list[nn.Callback] | None = None) -> TrainResult:
+    seed = config.seed if seed is None else seed
+    epochs = epochs or config.epochs
+    prep = prepare(config, seed)
+    model = build_model(config, prep, seed)
+    model.compile(config.loss, optim.get(config.optimizer), config.metrics)
+    cbs = list(callbacks or [])
+    if checkpoint is not None:
+        if not resume and Path(checkpoint).exists():
+            os.remove(checkpoint)  # a fresh run must not pick up an old one
+        cbs.append(nn.BackupAndRestore(str(checkpoint), config.checkpoint_every))
+    if config.early_stopping:
+        es = dict(config.early_stopping)
+        if "val_" in es.get("monitor", "val_loss") and "validation" not in prep.x:
+            raise ConfigError("early_stopping monitors a validation metric but [data] has no "
+                              "validation split")
+        cbs.append(nn.EarlyStopping(**es))
+    n = len(prep.x["train"])
+    validation = (prep.x["validation"], prep.y["validation"]) if "validation" in prep.x else None
+    hist = model.fit(prep.x["train"], prep.y["train"], epochs=epochs,
+                     batch_size=config.batch_size or n, validation_data=validation,
+                     shuffle=config.shuffle, callbacks=cbs, verbose=verbose)
+    model_ir = model.to_ir(labels=labels_for(prep))
+    scores = evaluate_model(model_ir, config, prep)
+    model_ir = model.to_ir(labels=labels_for(prep),
+                           metadata=metadata(config, prep, "numpy", seed, epochs, scores))
+    return TrainResult(model_ir, hist.history, hist.steps, scores)

@@ -1,0 +1,276 @@
+"""The `distill` command line: thin wrappers that parse, call the library and print.
+
+Every user error (a `DistillError`, a missing or unreadable file) is one line on stderr and exit
+code 2; `--debug` shows the traceback instead. Outputs are written atomically, so a failed or
+interrupted command leaves no partial file behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__, ir
+from .errors import DataError, DistillError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.run(args) or 0
+    except KeyboardInterrupt:
+        print("distill: interrupted", file=sys.stderr)
+        return 130
+    except (DistillError, OSError) as e:
+        if args.debug:
+            raise
+        msg = str(e) if isinstance(e, DistillError) else _os_error(e)
+        print(f"distill: error: {msg}", file=sys.stderr)
+        return 2
+
+
+def _os_error(e: OSError) -> str:
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{where}{e.strerror or e}"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="distill", description="Train small neural networks and "
+                                "compile them to standalone C, Go, NumPy and ONNX.")
+    p.add_argument("--version", action="version", version=f"distill {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", parents=[common], help="train a model from a TOML config",
+                       description="Train a model from a TOML config and write it as a "
+                       ".distill file, with OUT.history.json and a loss plot OUT.loss.png.")
+    t.add_argument("config", help="the training config (.toml)")
+    t.add_argument("-o", "--output", help="model file to write (default: NAME.distill)")
+    t.add_argument("--backend", default="numpy", choices=["numpy", "tensorflow"])
+    t.add_argument("--epochs", type=int, help="override the config's epochs")
+    t.add_argument("--seed", type=int, help="override the config's seed")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from OUT.ckpt, the checkpoint of a run that was stopped")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(run=cmd_train)
+
+    i = sub.add_parser("inspect", parents=[common], help="show a model's layers and figures")
+    i.add_argument("model", help="a .distill file")
+    i.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    i.set_defaults(run=cmd_inspect)
+
+    r = sub.add_parser("predict", parents=[common], help="run the reference interpreter")
+    r.add_argument("model", help="a .distill file")
+    r.add_argument("--input", required=True, help="samples as .npy (N, ...) or .csv (N, F)")
+    r.add_argument("-o", "--output", help="write .npy or .csv instead of printing")
+    r.add_argument("--classes", action="store_true", help="print class labels, not outputs")
+    r.set_defaults(run=cmd_predict)
+    return p
+
+
+# ---------------------------------------------------------------------------------- train
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .backends import train
+    from .config import load_config
+    config = load_config(args.config)
+    if args.epochs is not None and args.epochs < 1:
+        raise DistillError(f"--epochs must be at least 1, got {args.epochs}")
+    out = Path(args.output or f"{config.name}.distill")
+    if out.is_dir():
+        raise DistillError(f"{out}: is a directory; give a file name such as {out}/model.distill")
+    if not out.parent.exists():
+        raise DistillError(f"{out.parent}: no such directory")
+    ckpt = out.with_name(out.name + ".ckpt")
+    if args.resume and not ckpt.exists():
+        print(f"distill: no checkpoint at {ckpt}; starting from the beginning", file=sys.stderr)
+    print(f"training {config.name!r} on the {args.backend} backend ({_devices(args.backend)})",
+          file=sys.stderr)
+    result = train(config, args.backend, epochs=args.epochs, seed=args.seed, checkpoint=ckpt,
+                   resume=args.resume, verbose=0 if args.quiet else 1)
+    ir.save(result.model, out)
+    stem = out.with_suffix("")
+    history = {"epochs": result.history, "steps": result.steps, "final": result.metrics}
+    ir.atomic_write(Path(f"{stem}.history.json"),
+                    (json.dumps(history, indent=1) + "\n").encode())
+    plot = _plot(result.steps, result.history, Path(f"{stem}.loss.png"), config.name)
+    print(_summary(config.name, result.metrics))
+    print(f"wrote {out}, {stem}.history.json" + (f", {plot}" if plot else ""))
+    return 0
+
+
+def _devices(backend: str) -> str:
+    if backend == "numpy":
+        return f"CPU, NumPy {np.__version__}"
+    return "see TensorFlow's device list"
+
+
+def _summary(name: str, metrics: dict[str, dict[str, float]]) -> str:
+    parts = []
+    for split in ("train", "validation", "test"):
+        if split in metrics:
+            vals = " ".join(f"{k} {v:.4g}" for k, v in metrics[split].items())
+            parts.append(f"{split}: {vals}")
+    return f"{name}: " + " | ".join(parts)
+
+
+def _plot(steps: list[float], history: dict[str, list[float]], path: Path,
+          title: str) -> Path | None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("distill: loss plot skipped: matplotlib is not installed "
+              "(pip install 'distill[plot]')", file=sys.stderr)
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.semilogy(np.arange(1, len(steps) + 1), np.maximum(steps, 1e-12), lw=0.8,
+                label="training loss per step")
+    if "val_loss" in history and steps:
+        per_epoch = len(steps) / max(len(history["val_loss"]), 1)
+        xs = per_epoch * np.arange(1, len(history["val_loss"]) + 1)
+        ax.semilogy(xs, history["val_loss"], "o-", ms=3, label="validation loss per epoch")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (log scale)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    ir.atomic_write(path, buf.getvalue())
+    return path
+
+
+# -------------------------------------------------------------------------------- inspect
+
+def describe(model: ir.Model) -> dict[str, Any]:
+    """What `inspect` shows, as data."""
+    from .ops import OPS
+    figures = ir.stats(model)
+    return {
+        "name": model.name,
+        "hash": ir.model_hash(model),
+        "input": {"shape": list(model.input_shape), "dtype": model.input_dtype},
+        "output": {"shape": list(model.output_shape), "labels": model.labels},
+        "nodes": [{"name": n.name, "op": n.op, "attrs": dict(n.attrs),
+                   "output_shape": list(n.output_shape),
+                   "parameters": sum(int(a.size) for a in n.weights.values()),
+                   "macs": OPS[n.op].macs(n.input_shape, n.output_shape)}
+                  for n in model.nodes],
+        **figures,
+        "metadata": dict(model.metadata),
+    }
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    model = ir.load(args.model)
+    info = describe(model)
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    rows = [("node", "op", "output", "params", "mult-adds")]
+    for n in info["nodes"]:
+        attrs = "".join(f" {k}={v:g}" if isinstance(v, float) else f" {k}={v}"
+                        for k, v in n["attrs"].items())
+        rows.append((n["name"], n["op"] + attrs, str(tuple(n["output_shape"])),
+                     f"{n['parameters']:,}", f"{n['macs']:,}"))
+    widths = [max(len(r[c]) for r in rows) for c in range(5)]
+    print(f"model {info['name']}  (sha256 {info['hash'][:16]})")
+    print(f"input  {tuple(info['input']['shape'])} {info['input']['dtype']}")
+    labels = info["output"]["labels"]
+    print(f"output {tuple(info['output']['shape'])}"
+          + (f"  labels: {', '.join(labels)}" if labels else ""))
+    print()
+    for k, r in enumerate(rows):
+        line = "  ".join(c.ljust(w) if j < 3 else c.rjust(w)
+                         for j, (c, w) in enumerate(zip(r, widths)))
+        print(line.rstrip())
+        if k == 0:
+            print("-" * len(line))
+    print()
+    print(f"parameters        {info['parameters']:,}")
+    print(f"weight bytes      {info['weight_bytes']:,}")
+    print(f"mult-adds/sample  {info['macs']:,}")
+    print(f"peak activations  {info['peak_activation_bytes']:,} bytes")
+    meta = info["metadata"]
+    if meta:
+        print()
+        training = meta.get("training", {})
+        for key, value in meta.items():
+            if key != "training":
+                print(f"{key}: {value}")
+        for key, value in training.items():
+            if key == "metrics":
+                for split, scores in value.items():
+                    vals = ", ".join(f"{m} {v:.4g}" for m, v in scores.items())
+                    print(f"{split} metrics: {vals}")
+            else:
+                print(f"trained {key}: {value}")
+    return 0
+
+
+# -------------------------------------------------------------------------------- predict
+
+def read_samples(path: str) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: no such file")
+    try:
+        if p.suffix == ".npy":
+            x = np.load(p, allow_pickle=False)
+        elif p.suffix == ".csv":
+            x = np.loadtxt(p, delimiter=",", dtype=np.float32, ndmin=2)
+        else:
+            raise DataError(f"{p}: expected a .npy or .csv file")
+    except ValueError as e:
+        raise DataError(f"{p}: unreadable ({str(e).splitlines()[0]})") from None
+    if x.dtype.kind not in "fiu":
+        raise DataError(f"{p}: holds {x.dtype} values, expected numbers")
+    return x.astype(np.float32)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    model = ir.load(args.model)
+    x = read_samples(args.input)
+    if x.shape[1:] != tuple(model.input_shape) and x.shape != tuple(model.input_shape):
+        raise DataError(f"{args.input}: samples of shape {x.shape[1:]}, but model "
+                        f"{model.name!r} takes {tuple(model.input_shape)}")
+    y = ir.run(model, x)
+    y = y.reshape(len(x), -1) if y.ndim > 1 else y.reshape(1, -1)
+    if args.classes:
+        labels = model.labels or [str(i) for i in range(max(y.shape[-1], 2))]
+        idx = (y[:, 0] > 0.5).astype(int) if y.shape[-1] == 1 else y.argmax(-1)
+        text = "\n".join(labels[i] for i in idx) + "\n"
+        if args.output:
+            ir.atomic_write(Path(args.output), text.encode())
+        else:
+            sys.stdout.write(text)
+        return 0
+    if args.output:
+        out = Path(args.output)
+        buf = io.BytesIO()
+        if out.suffix == ".npy":
+            np.save(buf, y)
+        else:
+            np.savetxt(buf, y, delimiter=",", fmt="%.9g")
+        ir.atomic_write(out, buf.getvalue())
+    else:
+        np.savetxt(sys.stdout, y, delimiter=",", fmt="%.9g")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

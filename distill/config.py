@@ -1,0 +1,276 @@
+"""Training configs: a TOML file read, checked whole, and turned into a `Config`.
+
+Where it sits: the command line reads a file with `load_config`; a backend takes the `Config`.
+Every key is checked here (unknown keys get a "did you mean", wrong types name the key and the
+expected type), so a bad config fails in one line before any data is loaded or step is taken.
+
+    name = "digits"                      # model name (default: the file's stem)
+    seed = 0                             # weights, shuffling, dropout, splits
+    [data]                               # see distill.data
+    source = "digits"
+    [[model.layers]]
+    type = "dense"                       # dense | activation | dropout | flatten | reshape
+    units = 100
+    activation = "sigmoid"               # or {name = "leaky_relu", alpha = 0.2}
+    [training]
+    loss = "categorical_crossentropy"    # or {name = ..., from_logits = true}
+    optimizer = {name = "sgd", learning_rate = 0.1}
+    batch_size = 100                     # or "full"
+    epochs = 30
+    metrics = ["accuracy"]
+    checkpoint_every = 100               # steps between resumable checkpoints
+    early_stopping = {monitor = "val_loss", patience = 5}
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import nn, ops, optim
+from .data import DATA_KEYS
+from .errors import ConfigError, check_keys, did_you_mean
+
+TOP_KEYS = {"name", "seed", "description", "data", "model", "training"}
+TRAINING_KEYS = {"loss", "optimizer", "batch_size", "epochs", "metrics", "shuffle",
+                 "checkpoint_every", "early_stopping"}
+LAYER_KEYS = {
+    "dense": {"units", "activation", "use_bias", "kernel_initializer", "bias_initializer"},
+    "activation": {"activation", "alpha"},
+    "dropout": {"rate"},
+    "flatten": set(),
+    "reshape": {"shape"},
+}
+OPTIMIZER_KEYS = {"sgd": {"learning_rate", "momentum", "nesterov"},
+                  "adam": {"learning_rate", "beta_1", "beta_2", "epsilon"},
+                  "rmsprop": {"learning_rate", "rho", "momentum", "epsilon"}}
+SCHEDULE_KEYS = {"exponential_decay": {"initial_learning_rate", "decay_steps", "decay_rate",
+                                       "staircase"},
+                 "step_decay": {"initial_learning_rate", "step_size", "factor"},
+                 "piecewise_constant_decay": {"boundaries", "values"}}
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    seed: int
+    data: dict[str, Any]
+    layers: list[dict[str, Any]]
+    loss: Any
+    optimizer: Any
+    batch_size: int | None  # None: the whole training set at once
+    epochs: int
+    metrics: list[str]
+    shuffle: bool = True
+    checkpoint_every: int = 100
+    early_stopping: dict[str, Any] | None = None
+    description: str = ""
+    base_dir: Path = field(default=Path("."))
+
+    def build_layers(self) -> list[nn.Layer]:
+        """Fresh layer objects for the NumPy backend."""
+        layers = []
+        for spec in self.layers:
+            spec = dict(spec)
+            kind = spec.pop("type")
+            name = spec.pop("name", None)
+            if kind == "dense":
+                layers.append(nn.Dense(name=name, **spec))
+            elif kind == "activation":
+                layers.append(nn.Activation(spec["activation"], spec.get("alpha"), name=name))
+            elif kind == "dropout":
+                layers.append(nn.Dropout(spec["rate"], name=name))
+            elif kind == "flatten":
+                layers.append(nn.Flatten(name=name))
+            else:
+                layers.append(nn.Reshape(spec["shape"], name=name))
+        return layers
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    try:
+        return parse_config(doc, default_name=path.stem, base_dir=path.parent)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def parse_config(doc: dict[str, Any], default_name: str = "model",
+                 base_dir: Path = Path(".")) -> Config:
+    check_keys(doc, TOP_KEYS, "the config")
+    name = _typed(doc, "name", str, default_name, "the config")
+    seed = _typed(doc, "seed", int, 0, "the config")
+    data = _typed(doc, "data", dict, None, "the config")
+    if data is None:
+        raise ConfigError("missing [data] table (it names the data set: source = \"...\")")
+    if "source" not in data:
+        raise ConfigError("[data] needs a source (a generator, a bundled set, csv, npz, idx)")
+    check_keys(data, DATA_KEYS, "[data]")
+    model = _typed(doc, "model", dict, None, "the config")
+    if model is None:
+        raise ConfigError("missing [model] table with [[model.layers]]")
+    check_keys(model, {"layers"}, "[model]")
+    layers = [_layer(spec, i) for i, spec in enumerate(_typed(model, "layers", list, [],
+                                                              "[model]"))]
+    if not layers:
+        raise ConfigError("[model] has no layers")
+    names = [spec["name"] for spec in layers if "name" in spec]
+    for n in names:
+        if names.count(n) > 1:
+            raise ConfigError(f"layer name {n!r} is used twice")
+    training = _typed(doc, "training", dict, None, "the config")
+    if training is None:
+        raise ConfigError("missing [training] table (loss, optimizer, epochs, ...)")
+    check_keys(training, TRAINING_KEYS, "[training]")
+    where = "[training]"
+    loss = training.get("loss")
+    if loss is None:
+        raise ConfigError(f"{where} needs a loss; one of {', '.join(sorted(nn.LOSSES))}")
+    _loss(loss)
+    optimizer = _optimizer(training.get("optimizer", "sgd"))
+    batch = training.get("batch_size", 32)
+    if batch != "full" and (not isinstance(batch, int) or isinstance(batch, bool) or batch < 1):
+        raise ConfigError(f"{where} batch_size must be a positive integer or \"full\", "
+                          f"got {batch!r}")
+    epochs = _typed(training, "epochs", int, 10, where)
+    if epochs < 1:
+        raise ConfigError(f"{where} epochs must be at least 1, got {epochs}")
+    metrics = _typed(training, "metrics", list, [], where)
+    for m in metrics:
+        if m not in nn.METRICS:
+            raise ConfigError(f"{where} unknown metric {m!r}; expected one of "
+                              f"{', '.join(nn.METRICS)}")
+    every = _typed(training, "checkpoint_every", int, 100, where)
+    if every < 1:
+        raise ConfigError(f"{where} checkpoint_every must be at least 1 step")
+    stopping = _typed(training, "early_stopping", dict, None, where)
+    if stopping is not None:
+        check_keys(stopping, {"monitor", "patience", "min_delta", "restore_best_weights"},
+                   "[training] early_stopping")
+    return Config(name=name, seed=seed, data=data, layers=layers, loss=loss,
+                  optimizer=optimizer, batch_size=None if batch == "full" else batch,
+                  epochs=epochs, metrics=metrics,
+                  shuffle=_typed(training, "shuffle", bool, True, where),
+                  checkpoint_every=every, early_stopping=stopping,
+                  description=_typed(doc, "description", str, "", "the config"),
+                  base_dir=base_dir)
+
+
+def _typed(table: dict, key: str, kind: type, default: Any, where: str) -> Any:
+    if key not in table:
+        return default
+    value = table[key]
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+                 list: "a list", dict: "a table"}
+        raise ConfigError(f"{where} key {key!r} must be {names[kind]}, got {value!r}")
+    return value
+
+
+def _layer(spec: Any, i: int) -> dict[str, Any]:
+    where = f"layer #{i + 1}"
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where} must be a table with a type")
+    kind = spec.get("type")
+    if kind not in LAYER_KEYS:
+        raise ConfigError(f"{where}: unknown layer type {kind!r}"
+                          f"{did_you_mean(str(kind), LAYER_KEYS)}; expected one of "
+                          f"{', '.join(LAYER_KEYS)}")
+    check_keys(spec, LAYER_KEYS[kind] | {"type", "name"}, f"{where} ({kind})")
+    _typed(spec, "name", str, None, where)
+    if kind == "dense":
+        units = spec.get("units")
+        if not isinstance(units, int) or isinstance(units, bool) or units < 1:
+            raise ConfigError(f"{where} (dense) needs units, a positive integer; got {units!r}")
+        _typed(spec, "use_bias", bool, True, where)
+        for key in ("kernel_initializer", "bias_initializer"):
+            init = _typed(spec, key, str, "zeros", where)
+            if init not in nn.INITIALIZERS:
+                raise ConfigError(f"{where} unknown {key} {init!r}; expected one of "
+                                  f"{', '.join(nn.INITIALIZERS)}")
+    if kind in ("dense", "activation") and "activation" in spec:
+        _activation(spec["activation"], where)
+    if kind == "activation":
+        if "activation" not in spec:
+            raise ConfigError(f"{where} (activation) needs activation = \"...\"")
+        _activation({"name": spec["activation"],
+                     **({"alpha": spec["alpha"]} if "alpha" in spec else {})}, where)
+    if kind == "dropout":
+        rate = _typed(spec, "rate", float, None, where)
+        if rate is None or not 0 <= rate < 1:
+            raise ConfigError(f"{where} (dropout) needs rate in [0, 1), got {rate!r}")
+    if kind == "reshape":
+        shape = _typed(spec, "shape", list, None, where)
+        if not shape or not all(isinstance(d, int) and (d > 0 or d == -1) for d in shape):
+            raise ConfigError(f"{where} (reshape) needs shape, a list of positive integers "
+                              "(one may be -1)")
+    return dict(spec)
+
+
+def _activation(spec: Any, where: str) -> None:
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where} activation must be a name or a table, got {spec!r}")
+    check_keys(spec, {"name", "alpha"}, f"{where} activation")
+    name = spec.get("name")
+    if name not in ops.ACTIVATIONS:
+        raise ConfigError(f"{where} unknown activation {name!r}"
+                          f"{did_you_mean(str(name), ops.ACTIVATIONS)}; expected one of "
+                          f"{', '.join(ops.ACTIVATIONS)}")
+    if "alpha" in spec and (name != "leaky_relu"
+                            or not isinstance(spec["alpha"], (int, float))
+                            or isinstance(spec["alpha"], bool)):
+        raise ConfigError(f"{where} alpha is a number and only for leaky_relu")
+
+
+def _loss(spec: Any) -> None:
+    if isinstance(spec, dict):
+        check_keys(spec, {"name", "from_logits"}, "[training] loss")
+        spec = spec.get("name")
+    if spec not in nn.LOSSES:
+        raise ConfigError(f"[training] unknown loss {spec!r}{did_you_mean(str(spec), nn.LOSSES)}"
+                          f"; expected one of {', '.join(sorted(nn.LOSSES))}")
+
+
+def _optimizer(spec: Any) -> Any:
+    where = "[training] optimizer"
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where} must be a name or a table, got {spec!r}")
+    name = str(spec.get("name", "")).lower()
+    if name not in OPTIMIZER_KEYS:
+        raise ConfigError(f"{where}: unknown optimizer {name!r}"
+                          f"{did_you_mean(name, OPTIMIZER_KEYS)}; expected one of "
+                          f"{', '.join(OPTIMIZER_KEYS)}")
+    check_keys(spec, OPTIMIZER_KEYS[name] | {"name"}, where)
+    for key, value in spec.items():
+        if key == "name" or key == "nesterov":
+            continue
+        if key == "learning_rate" and isinstance(value, dict):
+            kind = value.get("name")
+            if kind not in SCHEDULE_KEYS:
+                raise ConfigError(f"{where} learning_rate schedule {kind!r} is unknown; "
+                                  f"expected one of {', '.join(SCHEDULE_KEYS)}")
+            check_keys(value, SCHEDULE_KEYS[kind] | {"name"}, f"{where} learning_rate")
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"{where} key {key!r} must be a non-negative number, "
+                              f"got {value!r}")
+    try:
+        optim.get(spec)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return spec
