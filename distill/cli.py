@@ -95,10 +95,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     ckpt = out.with_name(out.name + ".ckpt")
     if args.resume and not ckpt.exists():
         print(f"distill: no checkpoint at {ckpt}; starting from the beginning", file=sys.stderr)
-    print(f"training {config.name!r} on the {args.backend} backend ({_devices(args.backend)})",
-          file=sys.stderr)
     result = train(config, args.backend, epochs=args.epochs, seed=args.seed, checkpoint=ckpt,
-                   resume=args.resume, verbose=0 if args.quiet else 1)
+                   resume=args.resume, verbose=0 if args.quiet else 1,
+                   announce=lambda line: print(line, file=sys.stderr))
     ir.save(result.model, out)
     stem = out.with_suffix("")
     history = {"epochs": result.history, "steps": result.steps, "final": result.metrics}
@@ -108,12 +107,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(_summary(config.name, result.metrics))
     print(f"wrote {out}, {stem}.history.json" + (f", {plot}" if plot else ""))
     return 0
-
-
-def _devices(backend: str) -> str:
-    if backend == "numpy":
-        return f"CPU, NumPy {np.__version__}"
-    return "see TensorFlow's device list"
 
 
 def _summary(name: str, metrics: dict[str, dict[str, float]]) -> str:

@@ -631,7 +631,8 @@ class BackupAndRestore(Callback):
 
 
 class ProgressBar(Callback):
-    """One tqdm bar per epoch with the running loss and metrics (`fit(verbose=1)`)."""
+    """A tqdm bar for the running epoch, and a summary line for about twenty of the epochs
+    (`fit(verbose=1)`), so long runs stay readable."""
 
     def __init__(self, file=None):
         self.file = file or sys.stderr
@@ -639,8 +640,9 @@ class ProgressBar(Callback):
     def on_epoch_begin(self, epoch, logs=None):
         from tqdm import tqdm
         f = self.model._fit
-        self.bar = tqdm(total=f.batches, initial=f.batch, file=self.file, leave=True,
-                        desc=f"epoch {epoch + 1}/{f.epochs}", unit="step", dynamic_ncols=True)
+        self.bar = tqdm(total=f.batches, initial=f.batch, file=self.file, leave=False,
+                        desc=f"epoch {epoch + 1}/{f.epochs}", unit="step", dynamic_ncols=True,
+                        disable=None)  # no bar when stderr is not a terminal
 
     def on_train_batch_end(self, step, logs=None):
         self.bar.update(1)
@@ -648,8 +650,12 @@ class ProgressBar(Callback):
             self.bar.set_postfix(_fmt(logs), refresh=False)
 
     def on_epoch_end(self, epoch, logs=None):
-        self.bar.set_postfix(_fmt(logs), refresh=False)
         self.bar.close()
+        total = self.model._fit.epochs
+        every = max(1, total // 20)
+        if (epoch + 1) % every == 0 or epoch + 1 == total or self.model.stop_training:
+            values = "  ".join(f"{k} {v:.4g}" for k, v in (logs or {}).items())
+            print(f"epoch {epoch + 1}/{total}  {values}", file=self.file, flush=True)
 
 
 def _fmt(logs: Mapping[str, float] | None) -> dict[str, str]:

@@ -8,7 +8,10 @@ run resumed with `resume=True` takes exactly the steps the uninterrupted run wou
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 from .. import nn, optim
 from ..config import Config
@@ -33,12 +36,18 @@ def build_model(config: Config, prep, seed: int) -> nn.Sequential:
 
 def train(config: Config, *, epochs: int | None = None, seed: int | None = None,
           checkpoint: str | os.PathLike | None = None, resume: bool = False,
-          verbose: int = 1, callbacks: list[nn.Callback] | None = None) -> TrainResult:
+          verbose: int = 1, callbacks: list[nn.Callback] | None = None,
+          announce: Callable[[str], None] | None = None) -> TrainResult:
     seed = config.seed if seed is None else seed
     epochs = epochs or config.epochs
     prep = prepare(config, seed)
     model = build_model(config, prep, seed)
     model.compile(config.loss, optim.get(config.optimizer), config.metrics)
+    if announce:
+        sizes = ", ".join(f"{len(v)} {k}" for k, v in prep.x.items())
+        announce(f"training {config.name!r} ({model.count_params():,} parameters) on "
+                 f"{sizes} samples of {prep.train.description}; backend numpy, device CPU "
+                 f"(NumPy {np.__version__})")
     cbs = list(callbacks or [])
     if checkpoint is not None:
         if not resume and Path(checkpoint).exists():

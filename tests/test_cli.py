@@ -1,0 +1,164 @@
+"""The command line as a user runs it: real subprocesses, exit codes, files on disk."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import distill
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def cli(*args, cwd=None, check=True):
+    proc = subprocess.run([sys.executable, "-m", "distill.cli", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+def fails(*args, match: str, cwd=None):
+    proc = cli(*args, cwd=cwd, check=False)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert match in err, err
+    return err
+
+
+def write_config(tmp_path, text: str, name="c.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+BASE = """
+name = "small"
+[data]
+source = "blobs"
+n = 100
+[[model.layers]]
+type = "dense"
+units = 3
+activation = "tanh"
+[[model.layers]]
+type = "dense"
+units = 1
+activation = "sigmoid"
+[training]
+loss = "binary_crossentropy"
+optimizer = "adam"
+epochs = 3
+metrics = ["accuracy"]
+"""
+
+
+def test_train_inspect_predict(tmp_path):
+    out = tmp_path / "blobs.distill"
+    proc = cli("train", EXAMPLES / "blobs.toml", "-o", out)
+    assert "test: loss" in proc.stdout and "accuracy" in proc.stdout
+    assert "epoch 20/20" in proc.stderr  # the progress bar
+    history = json.loads((tmp_path / "blobs.history.json").read_text())
+    assert len(history["epochs"]["loss"]) == 20 and len(history["steps"]) == 20 * 25
+    assert (tmp_path / "blobs.loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "blobs.distill.ckpt").exists()  # removed after a complete run
+    model = distill.load(out)
+    assert model.metadata["training"]["backend"] == "numpy"
+
+    info = cli("inspect", out).stdout
+    assert "parameters        9" in info and "mult-adds/sample  6" in info
+    assert "dense_1_sigmoid" in info and "test metrics: accuracy 1, loss" in info
+    doc = json.loads(cli("inspect", out, "--json").stdout)
+    assert doc["parameters"] == 9 and doc["macs"] == 6 and len(doc["hash"]) == 64
+
+    x = np.array([[3.0, 2.0], [-3.0, -2.0]], np.float32)
+    np.save(tmp_path / "x.npy", x)
+    printed = np.loadtxt(cli("predict", out, "--input", tmp_path / "x.npy").stdout.splitlines(),
+                         delimiter=",")
+    np.testing.assert_allclose(printed, distill.run(model, x).ravel(), rtol=1e-6)
+    assert cli("predict", out, "--input", tmp_path / "x.npy", "--classes").stdout == "0\n1\n"
+    np.savetxt(tmp_path / "x.csv", x, delimiter=",")
+    cli("predict", out, "--input", tmp_path / "x.csv", "-o", tmp_path / "y.npy")
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), distill.run(model, x), rtol=1e-6)
+
+
+@pytest.mark.parametrize("text,match", [
+    (BASE.replace('name = "small"', 'nmae = "small"'), 'did you mean "name"'),
+    (BASE.replace("epochs = 3", "epocs = 3"), 'did you mean "epochs"'),
+    (BASE.replace("units = 3", 'units = "three"'), "units, a positive integer"),
+    (BASE.replace('"tanh"', '"tahn"'), 'did you mean "tanh"'),
+    (BASE.replace('optimizer = "adam"', 'optimizer = "adma"'), 'did you mean "adam"'),
+    (BASE.replace('source = "blobs"\nn = 100', 'source = "csv"\npath = "missing.csv"'),
+     "missing.csv"),
+    (BASE.replace("units = 1\n", "units = 4\n"), "has 4 outputs but the data needs one output"),
+    (BASE.replace("binary_crossentropy", "mean_squared_error"), "for regression"),
+    (BASE + "[extra]\n", 'unknown key \'extra\''),
+    ("this is not toml", "not valid TOML"),
+])
+def test_config_errors_are_one_line_before_training(tmp_path, text, match):
+    config = write_config(tmp_path, text)
+    fails("train", config, "-o", tmp_path / "m.distill", match=match)
+    assert not (tmp_path / "m.distill").exists()
+
+
+def test_file_errors(tmp_path):
+    fails("train", tmp_path / "nope.toml", match="no such config file")
+    fails("inspect", tmp_path / "nope.distill", match="no such file")
+    (tmp_path / "empty.distill").write_bytes(b"")
+    fails("inspect", tmp_path / "empty.distill", match="not a distill model file")
+    fails("inspect", tmp_path, match="is a directory")
+    config = write_config(tmp_path, BASE)
+    cli("train", config, "-o", tmp_path / "m.distill", "-q")
+    np.save(tmp_path / "bad.npy", np.zeros((2, 5), np.float32))
+    fails("predict", tmp_path / "m.distill", "--input", tmp_path / "bad.npy",
+          match="takes (2,)")
+    fails("train", config, "--backend", "tensorflow", "-o", tmp_path / "t.distill",
+          match="tensorflow backend is not available")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc = cli("inspect", tmp_path / "nope.distill", "--debug", check=False)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_seed_override_and_determinism(tmp_path):
+    config = write_config(tmp_path, BASE)
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        cli("train", config, "-o", tmp_path / f"{name}.distill", "--seed", seed, "-q")
+    weights = {n: distill.load(tmp_path / f"{n}.distill").nodes[0].weights["kernel"]
+               for n in "abc"}
+    assert np.array_equal(weights["a"], weights["b"])
+    assert not np.array_equal(weights["a"], weights["c"])
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path):
+    text = (EXAMPLES / "exp.toml").read_text().replace("epochs = 300", "epochs = 12")
+    text = text.replace("[training]", "[training]\ncheckpoint_every = 40")
+    config = write_config(tmp_path, text)
+    cli("train", config, "-o", tmp_path / "ref.distill", "-q")
+    out = tmp_path / "run.distill"
+    ckpt = tmp_path / "run.distill.ckpt"
+    proc = subprocess.Popen([sys.executable, "-m", "distill.cli", "train", str(config), "-o",
+                             str(out), "-q"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    if not ckpt.exists():
+        pytest.fail("the run finished or died before its first checkpoint")
+    assert not out.exists()
+    cli("train", config, "-o", out, "--resume", "-q")
+    ref, run = distill.load(tmp_path / "ref.distill"), distill.load(out)
+    for a, b in zip(ref.nodes, run.nodes):
+        for key in a.weights:
+            assert np.array_equal(a.weights[key], b.weights[key])
