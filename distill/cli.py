@@ -70,6 +70,30 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print machine-readable JSON")
     i.set_defaults(run=cmd_inspect)
 
+    langs = ", ".join(["c", "go", "numpy", "onnx"])
+    e = sub.add_parser("export", parents=[common], help="emit standalone code for a model",
+                       description="Emit standalone inference code with the weights baked in, "
+                       f"for each of: {langs}. The output folder is replaced in one step.")
+    e.add_argument("model", help="a .distill file")
+    e.add_argument("--lang", required=True, help=f"{langs}, a comma-separated list, or all")
+    e.add_argument("-o", "--output", required=True, help="output folder (created or replaced)")
+    e.add_argument("--name", help="name for the emitted symbols and files (default: model's)")
+    e.add_argument("--samples", type=int, default=16,
+                   help="golden vectors in the shipped self-tests (default 16)")
+    e.add_argument("--verify", action="store_true", help="verify after exporting")
+    e.set_defaults(run=cmd_export)
+
+    v = sub.add_parser("verify", parents=[common],
+                       help="build and run each export, compare with the reference",
+                       description="Export to a temporary folder with many golden vectors, "
+                       "build each target with its real toolchain, run its self-test and "
+                       "compare with the reference interpreter. Exit 1 on any mismatch.")
+    v.add_argument("model", help="a .distill file")
+    v.add_argument("--lang", default="all", help=f"{langs}, a comma-separated list, or all")
+    v.add_argument("--name", help="name for the emitted symbols and files")
+    v.add_argument("--samples", type=int, default=256, help="inputs compared (default 256)")
+    v.set_defaults(run=cmd_verify)
+
     r = sub.add_parser("predict", parents=[common], help="run the reference interpreter")
     r.add_argument("model", help="a .distill file")
     r.add_argument("--input", required=True, help="samples as .npy (N, ...) or .csv (N, F)")
@@ -212,6 +236,67 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                     print(f"{split} metrics: {vals}")
             else:
                 print(f"trained {key}: {value}")
+    return 0
+
+
+# --------------------------------------------------------------------- export and verify
+
+def _langs(spec: str) -> list[str]:
+    from .codegen import languages
+    known = languages()
+    if spec == "all":
+        return known
+    langs = [x.strip() for x in spec.split(",") if x.strip()]
+    for lang in langs:
+        if lang not in known:
+            from .errors import did_you_mean
+            raise DistillError(f"unknown language {lang!r}{did_you_mean(lang, known)}; "
+                               f"expected {', '.join(known)} or all")
+    return langs
+
+
+def _samples(n: int) -> int:
+    if not 1 <= n <= 100_000:
+        raise DistillError(f"--samples must be between 1 and 100000, got {n}")
+    return n
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .codegen import export
+    model = ir.load(args.model)
+    langs = _langs(args.lang)
+    written = export(model, langs, Path(args.output), args.name, _samples(args.samples))
+    figures = ir.stats(model)
+    from .codegen import plan
+    workspace = 4 * sum(plan(model)[1])
+    print(f"{model.name}: {figures['parameters']:,} parameters, "
+          f"{figures['weight_bytes']:,} bytes of weights (flash), "
+          f"{workspace:,} bytes of working memory (RAM), "
+          f"{figures['macs']:,} multiply-adds per sample")
+    for path in written:
+        print(f"  wrote {path} ({path.stat().st_size:,} bytes)")
+    if args.verify:
+        return _report(model, langs, args.name, 256)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    model = ir.load(args.model)
+    return _report(model, _langs(args.lang), args.name, _samples(args.samples))
+
+
+def _report(model: ir.Model, langs: list[str], name: str | None, samples: int) -> int:
+    from .codegen import ABS_TOL, REL_TOL
+    from .verify import verify
+    print(f"verifying {model.name} against the reference: tolerance |out - ref| <= "
+          f"{ABS_TOL:g} + {REL_TOL:g} * |ref|")
+    results = verify(model, langs, samples, name)
+    for r in results:
+        print("  " + r.line())
+    failed = [r.lang for r in results if not r.ok]
+    if failed:
+        print(f"distill: verification failed for {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

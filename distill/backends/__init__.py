@@ -100,8 +100,13 @@ def labels_for(prep: Prepared) -> list[str] | None:
 
 def metadata(config: Config, prep: Prepared, backend: str, seed: int, epochs: int,
              metrics: dict[str, dict[str, float]], extra: dict[str, Any] | None = None) -> dict:
+    x = prep.x["train"]
+    saved = prep.x.get("test", x)[:8]
     return {
         "task": prep.train.task,
+        # For exporters' self-tests: real samples, and the range random ones are drawn from.
+        "samples": saved.reshape(len(saved), -1).tolist(),
+        "input_range": [x.min(axis=0).reshape(-1).tolist(), x.max(axis=0).reshape(-1).tolist()],
         "training": {
             "backend": backend, "config": config.name, "data": prep.train.description,
             "loss": nn.get_loss(config.loss).name, "epochs": epochs, "seed": seed,

@@ -1,0 +1,322 @@
+"""Exporters: an IR model in, standalone source with the weights baked in out.
+
+Where it sits: after the IR, before `verify`. The rule, as in m2cgen: code generators know
+nothing about the model. This module turns an `ir.Model` into a language-neutral *context*
+(sizes, a buffer plan, weights, golden vectors) and each text language renders that context with
+its own templates in `templates/<lang>/`:
+
+    target.toml        files to write, identifier style, reserved words, build/run commands
+    *.j2               the files; `ops/<op>.j2` holds one op's code (one per IR op)
+
+ONNX is not text; `codegen.onnx` builds it with `onnx.helper`. Adding a language is one folder
+under `templates/`; adding an op is one `ops/<op>.j2` per language plus a lowering for ONNX.
+
+The buffer plan: an op reads its input from `input` or a workspace buffer and writes to a
+workspace buffer or `output`. Elementwise ops run in place; `dense` alternates between two
+buffers; `flatten`, `reshape` and `linear` move no data. So working memory is two activations
+at most, known at export time, and emitted code needs no allocation.
+"""
+
+from __future__ import annotations
+
+import json
+import keyword
+import os
+import shutil
+import tempfile
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from math import prod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__, ir
+from ..errors import DistillError
+from .render import make_env, templates_dir
+
+# The documented agreement between emitted code and the reference, per output value:
+# |emitted - reference| <= ABS_TOL + REL_TOL * |reference|. Differences come only from the
+# order of accumulation and from the libm's exp/tanh.
+ABS_TOL = 1e-5
+REL_TOL = 1e-4
+
+MARKER = ".distill-export"  # in every export directory; lets a re-export replace it safely
+NO_DATA_OPS = ("flatten", "reshape", "linear")
+
+
+@dataclass(frozen=True)
+class Target:
+    lang: str
+    folder: Path
+    description: str
+    files: tuple[tuple[str, str], ...]  # (template, output path pattern with {name})
+    ident_style: str                    # "snake" or "camel"
+    reserved: frozenset[str]
+    name_suffix: str                    # added to a model name that is a reserved word
+    build: tuple[str, ...]
+    run: tuple[str, ...]
+
+
+def text_targets() -> dict[str, Target]:
+    out = {}
+    for folder in sorted(templates_dir().iterdir()):
+        spec = folder / "target.toml"
+        if spec.is_file():
+            doc = tomllib.loads(spec.read_text())
+            reserved = set(doc.get("reserved", []))
+            if doc.get("python_keywords"):
+                reserved |= set(keyword.kwlist) | set(keyword.softkwlist)
+            out[folder.name] = Target(
+                lang=folder.name, folder=folder, description=doc["description"],
+                files=tuple((f["template"], f["output"]) for f in doc["files"]),
+                ident_style=doc.get("ident_style", "snake"), reserved=frozenset(reserved),
+                name_suffix=doc.get("name_suffix", "_model"),
+                build=tuple(doc.get("build", [])), run=tuple(doc.get("run", [])))
+    return out
+
+
+def languages() -> list[str]:
+    return [*text_targets(), "onnx"]
+
+
+def unsupported(model: ir.Model, langs: Sequence[str]) -> list[str]:
+    """Every (language, node, op) this export cannot handle, as lines; empty when all is well."""
+    problems = []
+    for lang in langs:
+        if lang == "onnx":
+            from .onnx import LOWERINGS
+            have = set(LOWERINGS)
+        else:
+            have = {p.stem for p in (text_targets()[lang].folder / "ops").glob("*.j2")}
+        problems += [f"{lang}: node {n.name!r} uses op {n.op!r}, which has no {lang} template"
+                     for n in model.nodes if n.op not in have and n.op not in NO_DATA_OPS]
+    return problems
+
+
+# ------------------------------------------------------------------------------------ context
+
+def export_name(model: ir.Model, target: Target, name: str | None) -> str:
+    base = ir.sanitize_name(name) if name else model.name
+    return base + target.name_suffix if base in target.reserved else base
+
+
+def plan(model: ir.Model) -> tuple[list[dict[str, Any]], list[int]]:
+    """The steps that compute the model and the sizes of the two workspace buffers."""
+    steps: list[dict[str, Any]] = []
+    holder, sizes = "input", [0, 0]
+
+    def buffer(avoid: str, size: int) -> str:
+        index = 1 if avoid == "ws0" else 0
+        sizes[index] = max(sizes[index], size)
+        return f"ws{index}"
+
+    for node in model.nodes:
+        size = prod(node.output_shape)
+        if node.op in NO_DATA_OPS:
+            continue
+        if node.op == "dense":
+            dst = buffer(holder, size)
+        else:  # elementwise: in place when the data is already ours
+            dst = holder if holder.startswith("ws") else buffer("ws1", size)
+        steps.append({"op": node.op, "node": node, "src": holder, "dst": dst, "size": size})
+        holder = dst
+    if not steps:
+        steps.append({"op": "copy", "node": None, "src": "input", "dst": "output",
+                      "size": prod(model.input_shape)})
+    last = steps[-1]
+    if last["dst"].startswith("ws"):
+        last["dst"] = "output"
+        # The buffer it wrote to may no longer be needed at that size.
+        sizes = [max((s["size"] for s in steps if s["dst"] == f"ws{i}"), default=0)
+                 for i in (0, 1)]
+    return steps, sizes
+
+
+def _idents(model: ir.Model, target: Target, prefix: str) -> dict[tuple[str, str], str]:
+    from .render import camel
+    taken, out = set(target.reserved), {}
+    for node in model.nodes:
+        for key in sorted(node.weights):
+            base = f"{node.name}_{key}"
+            ident = camel(base) if target.ident_style == "camel" else f"{prefix}_{base}"
+            unique, i = ident, 2
+            while unique in taken:
+                unique, i = f"{ident}{i}", i + 1
+            taken.add(unique)
+            out[node.name, key] = unique
+    return out
+
+
+def golden_samples(model: ir.Model, count: int, seed: int = 0) -> np.ndarray:
+    """Inputs for self-tests: saved samples first, then seeded random ones in the training
+    range (or N(0, 1) when the model does not record one)."""
+    shape = tuple(model.input_shape)
+    saved = np.asarray(model.metadata.get("samples", []), dtype=np.float32)
+    saved = saved.reshape(-1, *shape)[:count] if saved.size else np.zeros((0, *shape),
+                                                                          np.float32)
+    rng = np.random.default_rng(seed)
+    lo_hi = model.metadata.get("input_range")
+    n = count - len(saved)
+    if lo_hi:
+        lo = np.asarray(lo_hi[0], np.float32).reshape(shape)
+        hi = np.asarray(lo_hi[1], np.float32).reshape(shape)
+        extra = rng.uniform(lo, hi, (n, *shape))
+    else:
+        extra = rng.normal(size=(n, *shape))
+    return np.concatenate([saved, extra.astype(np.float32)])
+
+
+def context(model: ir.Model, target: Target, name: str | None = None,
+            samples: int = 16) -> dict[str, Any]:
+    """Everything a template may use. Templates see no IR objects, only these values."""
+    prefix = export_name(model, target, name)
+    idents = _idents(model, target, prefix)
+    steps, sizes = plan(model)
+    figures = ir.stats(model)
+    x = golden_samples(model, samples)
+    y = ir.run(model, x).reshape(len(x), -1)
+    labels = list(model.labels) if model.labels else []
+    ctx_steps = []
+    for s in steps:
+        node = s["node"]
+        step = {"op": s["op"], "src": s["src"], "dst": s["dst"], "size": s["size"],
+                "name": node.name if node else "copy", "attrs": dict(node.attrs) if node else {},
+                "in_shape": list(node.input_shape if node else model.input_shape),
+                "out_shape": list(node.output_shape if node else model.input_shape),
+                "weights": {}}
+        if node is not None:
+            for key, arr in sorted(node.weights.items()):
+                if node.op == "normalize":  # stored broadcast to the input, one value each
+                    arr = np.broadcast_to(arr, node.input_shape)
+                step["weights"][key] = {"ident": idents[node.name, key],
+                                        "values": np.ascontiguousarray(arr, np.float32),
+                                        "size": int(arr.size)}
+            if node.op == "dense":
+                step["inputs"] = node.input_shape[-1]
+                step["units"] = node.output_shape[-1]
+                step["rows"] = prod(node.input_shape[:-1])
+                step["has_bias"] = "bias" in node.weights
+            if node.op == "softmax":
+                step["rows"] = prod(node.output_shape[:-1])
+                step["width"] = node.output_shape[-1]
+        ctx_steps.append(step)
+    weights = [w for s in ctx_steps for w in s["weights"].values()]
+    return {
+        "name": prefix,
+        "model_name": model.name,
+        "hash": ir.model_hash(model),
+        "version": __version__,
+        "input_shape": list(model.input_shape),
+        "output_shape": list(model.output_shape),
+        "input_size": prod(model.input_shape),
+        "output_size": prod(model.output_shape),
+        "labels": labels,
+        "classifier": bool(labels),
+        "binary": len(labels) == 2 and prod(model.output_shape) == 1,
+        "parameters": figures["parameters"],
+        "flash_bytes": figures["weight_bytes"],
+        "macs": figures["macs"],
+        "ws_sizes": sizes,
+        "workspace": sum(sizes),
+        "ram_bytes": 4 * sum(sizes),
+        "steps": ctx_steps,
+        "weights": weights,
+        "abs_tol": ABS_TOL,
+        "rel_tol": REL_TOL,
+        "samples": {"count": len(x), "inputs": x, "outputs": y.astype(np.float32)},
+    }
+
+
+# ------------------------------------------------------------------------------------ writing
+
+def render(model: ir.Model, lang: str, name: str | None = None,
+           samples: int = 16) -> dict[str, bytes]:
+    """The files of one export as {relative path: bytes}, without touching the disk."""
+    if lang == "onnx":
+        from .onnx import to_onnx
+        base = ir.sanitize_name(name) if name else model.name
+        return {f"{base}.onnx": to_onnx(model, base).SerializeToString()}
+    targets = text_targets()
+    if lang not in targets:
+        raise DistillError(f"unknown language {lang!r}; expected one of "
+                           f"{', '.join(languages())}, or all")
+    target = targets[lang]
+    ctx = context(model, target, name, samples)
+    env = make_env(target.folder)
+    files = {}
+    for template, pattern in target.files:
+        text = env.get_template(template).render(m=ctx)
+        files[pattern.format(name=ctx["name"])] = text.encode("utf-8")
+    return files
+
+
+def export(model: ir.Model, langs: Sequence[str], out_dir: str | os.PathLike,
+           name: str | None = None, samples: int = 16) -> list[Path]:
+    """Write the exports of `model` into `out_dir` (one language: its files directly there;
+    several: a subfolder each). All or nothing: the folder is replaced in one step.
+    """
+    problems = unsupported(model, langs)
+    if problems:
+        raise DistillError("cannot export: " + "; ".join(problems))
+    files: dict[str, bytes] = {}
+    for lang in langs:
+        for rel, data in render(model, lang, name, samples).items():
+            files[rel if len(langs) == 1 else f"{lang}/{rel}"] = data
+    files[MARKER] = (json.dumps({"model": model.name, "hash": ir.model_hash(model),
+                                 "languages": list(langs), "files": sorted(files)},
+                                indent=1) + "\n").encode()
+    replace_dir(Path(out_dir), files)
+    return [Path(out_dir) / rel for rel in sorted(files) if rel != MARKER]
+
+
+def replace_dir(out: Path, files: dict[str, bytes]) -> None:
+    """Make `out` hold exactly `files`, atomically: readers see the old folder or the new one.
+
+    An existing folder is only replaced if it is empty or an earlier export (it holds MARKER),
+    so a mistyped `-o` never deletes a user's files.
+    """
+    if out.exists():
+        if not out.is_dir():
+            raise DistillError(f"{out}: exists and is not a directory")
+        if any(out.iterdir()) and not (out / MARKER).is_file():
+            raise DistillError(f"{out}: exists and was not written by distill export; choose "
+                               "a new or empty directory")
+    parent = out.parent
+    if not parent.is_dir():
+        raise DistillError(f"{parent}: no such directory")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+    try:
+        for rel, data in files.items():
+            path = tmp / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            _exchange(tmp, out)  # tmp now holds the old export
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two directories in one step (Linux renameat2 RENAME_EXCHANGE); elsewhere, two
+    renames with the old folder kept until the new one is in place."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+        AT_FDCWD, RENAME_EXCHANGE = -100, 2
+        if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+            return
+    except (OSError, AttributeError):
+        pass
+    old = b.with_name(f".{b.name}.old")
+    os.rename(b, old)
+    os.rename(a, b)
+    os.rename(old, a)

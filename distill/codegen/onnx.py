@@ -1,0 +1,230 @@
+"""IR -> ONNX: each IR op lowered to ONNX nodes with `onnx.helper`, no converter in between.
+
+Where it sits: an exporter beside the text-language code generators. It takes a validated
+`ir.Model` and returns an `onnx.ModelProto` (`to_onnx`) or writes `NAME.onnx` (`export_onnx`);
+what the file computes is checked against `ir.run` by running it in onnxruntime.
+
+What it promises:
+- The graph takes "input" of shape (N, *input_shape) float32, N a symbolic batch dimension,
+  and gives "output" of shape (N, *output_shape).
+- Every weight is an initializer named `<node>_<weight>` (`dense_1_kernel`) holding the IR's
+  float32 bits unchanged. Other tensor and node names derive from the IR node names; a clash
+  (an IR node named `dense_kernel` beside a `dense` node's kernel) gets a `_2` suffix.
+- Determinism: the same IR gives the same bytes (no timestamps, fixed order everywhere).
+- An op with no lowering raises `DistillError` naming the node and op.
+
+Opset 17 (ONNX 1.12, IR version 8): every op used here has had its present meaning since
+opset 13 or 14 (Softmax over one axis rather than a flattened 2-D view came in 13; Reshape's
+`allowzero` in 14), and 17 is read by every onnxruntime since 1.12 and by the other common
+runtimes, so the newest opset is not needed and an old one would change Softmax. The IR version
+is pinned to the one that opset needs, not to the installed onnx library's, so an older runtime
+does not reject the file and the bytes do not change with the library.
+
+Adding an op: one function `@lowering("op")` taking `(graph, node, x, y)`, which emits nodes
+computing tensor `y` from tensor `x`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .. import __version__, ir
+from ..errors import DistillError
+
+OPSET = 17
+IR_VERSION = 8  # the ONNX IR version that opset 17 first appeared with (ONNX 1.12)
+BATCH = "N"  # the symbolic batch dimension
+OUTPUT = "output"
+
+LOWERINGS: dict[str, Callable[[_Graph, ir.Node, str, str], None]] = {}
+
+
+def lowering(op_name: str) -> Callable:
+    """Register `fn(graph, node, x, y)` as the ONNX lowering of the IR op `op_name`."""
+    def register(fn: Callable) -> Callable:
+        LOWERINGS[op_name] = fn
+        return fn
+    return register
+
+
+class _Graph:
+    """The nodes and initializers of the graph being built, and its unique names."""
+
+    def __init__(self, reserved: set[str]):
+        self.tensors = set(reserved)
+        self.node_names: set[str] = set()
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+
+    def tensor(self, base: str) -> str:
+        """A tensor name not taken yet: `base`, else `base_2`, `base_3`, ..."""
+        return _fresh(base, self.tensors)
+
+    def weight(self, node: ir.Node, key: str) -> str:
+        """The initializer holding `node.weights[key]`, bit for bit, named `<node>_<key>`."""
+        name = f"{node.name}_{key}"  # reserved up front, so never taken by another tensor
+        arr = np.ascontiguousarray(node.weights[key], dtype="<f4")
+        self.initializers.append(numpy_helper.from_array(arr, name))
+        return name
+
+    def constant(self, base: str, value: np.ndarray) -> str:
+        name = self.tensor(base)
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def add(self, op_type: str, inputs: list[str], output: str, name: str, **attrs: Any) -> str:
+        self.nodes.append(helper.make_node(op_type, inputs, [output],
+                                           name=_fresh(name, self.node_names), **attrs))
+        return output
+
+
+def _fresh(base: str, taken: set[str]) -> str:
+    name, i = base, 2
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    taken.add(name)
+    return name
+
+
+# ------------------------------------------------------------------------------- the lowerings
+
+@lowering("dense")
+def _dense(g: _Graph, node: ir.Node, x: str, y: str) -> None:
+    # MatMul + Add, not Gemm: Gemm takes only 2-D input, and dense acts on the last axis of any
+    # rank, as MatMul does.
+    kernel = g.weight(node, "kernel")
+    if "bias" not in node.weights:
+        g.add("MatMul", [x, kernel], y, node.name)
+        return
+    product = g.add("MatMul", [x, kernel], g.tensor(f"{node.name}_matmul"),
+                    f"{node.name}_matmul")
+    g.add("Add", [product, g.weight(node, "bias")], y, f"{node.name}_add")
+
+
+@lowering("normalize")
+def _normalize(g: _Graph, node: ir.Node, x: str, y: str) -> None:
+    centred = g.add("Sub", [x, g.weight(node, "mean")], g.tensor(f"{node.name}_sub"),
+                    f"{node.name}_sub")
+    g.add("Div", [centred, g.weight(node, "std")], y, f"{node.name}_div")
+
+
+@lowering("linear")
+def _linear(g: _Graph, node: ir.Node, x: str, y: str) -> None:
+    g.add("Identity", [x], y, node.name)
+
+
+def _elementwise(op_name: str, op_type: str) -> None:
+    def lower(g: _Graph, node: ir.Node, x: str, y: str) -> None:
+        g.add(op_type, [x], y, node.name)
+    lowering(op_name)(lower)
+
+
+for _op_name, _op_type in (("sigmoid", "Sigmoid"), ("tanh", "Tanh"), ("relu", "Relu")):
+    _elementwise(_op_name, _op_type)
+
+
+@lowering("leaky_relu")
+def _leaky_relu(g: _Graph, node: ir.Node, x: str, y: str) -> None:
+    # The attribute is a float32, the slope ir.run multiplies by (np.asarray(alpha, float32)).
+    g.add("LeakyRelu", [x], y, node.name, alpha=float(np.float32(node.attrs["alpha"])))
+
+
+@lowering("softmax")
+def _softmax(g: _Graph, node: ir.Node, x: str, y: str) -> None:
+    g.add("Softmax", [x], y, node.name, axis=-1)
+
+
+@lowering("flatten")
+def _flatten(g: _Graph, node: ir.Node, x: str, y: str) -> None:
+    g.add("Flatten", [x], y, node.name, axis=1)
+
+
+@lowering("reshape")
+def _reshape(g: _Graph, node: ir.Node, x: str, y: str) -> None:
+    # A leading 0 copies the batch dimension; the IR forbids 0 in the per-sample target, so no
+    # other entry is read as "copy" (allowzero stays at its default 0).
+    shape = np.array([0, *node.attrs["shape"]], dtype=np.int64)
+    g.add("Reshape", [x, g.constant(f"{node.name}_shape", shape)], y, node.name)
+
+
+# ----------------------------------------------------------------------------------- the model
+
+def to_onnx(model: ir.Model, name: str | None = None) -> onnx.ModelProto:
+    """The ONNX model computing what `ir.run(model, x)` computes on a batch `x`.
+
+    `name` (sanitized) replaces the model's name as the graph name and the "name" metadata.
+    """
+    ir.validate(model)
+    name = ir.sanitize_name(name) if name is not None else model.name
+    for node in model.nodes:
+        if node.op not in LOWERINGS:
+            raise DistillError(f"node {node.name!r}: op {node.op!r} has no ONNX lowering; "
+                               f"supported: {', '.join(sorted(LOWERINGS))}")
+    # Weight initializers keep their promised names, so they are reserved before anything else;
+    # node outputs come next (the IR node's own name where free), intermediates last.
+    g = _Graph({ir.INPUT, OUTPUT} | {f"{n.name}_{k}" for n in model.nodes for k in n.weights})
+    out_node = model.outputs[0]
+    tensors = {ir.INPUT: ir.INPUT}
+    for node in model.nodes:
+        tensors[node.name] = OUTPUT if node.name == out_node else g.tensor(node.name)
+    for node in model.nodes:
+        LOWERINGS[node.op](g, node, tensors[node.inputs[0]], tensors[node.name])
+    if out_node == ir.INPUT:  # a model without nodes computes the identity
+        g.add("Identity", [ir.INPUT], OUTPUT, "identity")
+
+    graph = helper.make_graph(
+        g.nodes, name,
+        [helper.make_tensor_value_info(ir.INPUT, TensorProto.FLOAT,
+                                       [BATCH, *model.input_shape])],
+        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT,
+                                       [BATCH, *model.output_shape])],
+        initializer=g.initializers)
+    proto = helper.make_model(graph, ir_version=IR_VERSION,
+                              opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="distill", producer_version=__version__,
+                              doc_string=_describe(model, name))
+    labels = json.dumps(list(model.labels)) if model.labels is not None else ""
+    helper.set_model_props(proto, {
+        "name": name,
+        "ir_hash": ir.model_hash(model),
+        "distill_version": __version__,
+        "labels": labels,
+        "input_shape": json.dumps(list(model.input_shape)),
+        "output_shape": json.dumps(list(model.output_shape)),
+    })
+    return proto
+
+
+def _describe(model: ir.Model, name: str) -> str:
+    shape = ", ".join(["N", *map(str, model.input_shape)])
+    out = ", ".join(["N", *map(str, model.output_shape)])
+    text = (f"{name}: a distill model, input ({shape}) float32 -> output ({out}) float32, "
+            f"{len(model.nodes)} layers")
+    if model.labels is not None:
+        text += f"; labels: {', '.join(model.labels)}"
+    return text + "."
+
+
+def export_onnx(model: ir.Model, out_dir: str | os.PathLike, name: str | None = None
+                ) -> list[Path]:
+    """Write `out_dir/NAME.onnx` (NAME: `name` sanitized, or the model's) after the ONNX checker
+    has passed it; returns the paths written."""
+    proto = to_onnx(model, name)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        # A bug in a lowering, not bad input: say which model exposed it.
+        raise RuntimeError(f"ONNX checker rejected the export of {model.name!r}: {e}") from e
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{proto.graph.name}.onnx"
+    ir.atomic_write(path, proto.SerializeToString(deterministic=True))
+    return [path]

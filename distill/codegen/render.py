@@ -1,0 +1,112 @@
+"""Text rendering for exporters: the jinja2 environment, the filters, and literal formatting.
+
+Where it sits: `codegen.export` builds a language-neutral context from the IR and renders each
+target's templates (`templates/<lang>/`) with the environment made here. Filters are registered
+in one place (`make_env`), and every piece of model-derived text that reaches emitted code goes
+through one of them: numbers as exact literals, identifiers already sanitized by the IR, and
+labels as escaped string literals that cannot end a string or a comment.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+
+
+def templates_dir() -> Path:
+    """`templates/` beside the package in a checkout, or inside it in an installed wheel."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "templates", here.parent / "templates"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("distill's templates folder is missing from this installation")
+
+
+def float_literal(value: Any) -> str:
+    """The shortest decimal that reads back as exactly this float32 (no suffix).
+
+    NumPy's float32 repr is the shortest round-trip string; we only make sure it parses as a
+    floating literal in every language (a '.' or an exponent is present).
+    """
+    text = np.format_float_positional(np.float32(value), unique=True, trim="0") \
+        if 1e-4 <= abs(float(value)) < 1e7 or value == 0 else \
+        np.format_float_scientific(np.float32(value), unique=True, trim="0", exp_digits=2)
+    if text.endswith("."):
+        text += "0"
+    return text
+
+
+def float_lines(values: Any, suffix: str = "", width: int = 96, indent: str = "    ") -> str:
+    """Comma-separated float literals wrapped into lines of at most `width` characters."""
+    flat = np.asarray(values, dtype=np.float32).reshape(-1)
+    lines, line = [], indent
+    for v in flat:
+        item = float_literal(v) + suffix + ","
+        if len(line) + len(item) + 1 > width and line.strip():
+            lines.append(line.rstrip())
+            line = indent
+        line += item + " "
+    if line.strip():
+        lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+_SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _.,:;+=-()[]")
+
+
+def c_string(text: str) -> str:
+    """A C string literal: anything but plain characters as octal escapes (never `?`, `*`,
+    `/`, quotes or backslashes raw, so neither trigraphs nor comment ends can form)."""
+    return '"' + "".join(chr(b) if chr(b) in _SAFE else f"\\{b:03o}"
+                         for b in text.encode("utf-8")) + '"'
+
+
+def go_string(text: str) -> str:
+    """A Go interpreted string literal with every unusual byte as a `\\xHH` escape."""
+    return '"' + "".join(chr(b) if chr(b) in _SAFE else f"\\x{b:02x}"
+                         for b in text.encode("utf-8")) + '"'
+
+
+def py_string(text: str) -> str:
+    """A Python string literal, ASCII only, every unusual character escaped."""
+    return '"' + "".join(c if c in _SAFE else f"\\u{ord(c):04x}" if ord(c) < 0x10000
+                         else f"\\U{ord(c):08x}" for c in text) + '"'
+
+
+def b64_float32(values: Any) -> str:
+    """Little-endian float32 bytes as base64: exact, and compact to embed."""
+    return base64.b64encode(np.ascontiguousarray(values, dtype="<f4").tobytes()).decode()
+
+
+def wrap(text: str, width: int = 88, indent: str = "    ") -> str:
+    """Hard-wrap an unbreakable string (base64) into indented lines."""
+    step = width - len(indent) - 2
+    return "\n".join(f'{indent}"{text[i:i + step]}"' for i in range(0, len(text), step))
+
+
+def camel(name: str, upper: bool = False) -> str:
+    """`dense_1_kernel` -> `dense1Kernel` (or `Dense1Kernel`), for Go."""
+    parts = [p for p in name.split("_") if p]
+    out = parts[0] + "".join(p[:1].upper() + p[1:] for p in parts[1:])
+    return out[:1].upper() + out[1:] if upper else out
+
+
+def make_env(lang_dir: Path) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(lang_dir)]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,  # we emit code, not HTML
+    )
+    env.filters.update(
+        float=float_literal, float_lines=float_lines, c_string=c_string, go_string=go_string,
+        py_string=py_string, b64_float32=b64_float32, wrap=wrap, camel=camel,
+        upper=lambda s: s.upper(),
+    )
+    return env
