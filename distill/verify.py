@@ -97,7 +97,10 @@ def check_onnx(model: ir.Model, path: Path, samples: int) -> Result:
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     x = codegen.golden_samples(model, samples)
-    want = ir.run(model, x).astype(np.float32)
+    with np.errstate(all="ignore"):
+        want = ir.run(model, x).astype(np.float32)
+    keep = np.isfinite(want.reshape(len(x), -1)).all(axis=1)
+    x, want = x[keep], want[keep]
     got = session.run(None, {"input": x})[0]
     return compare("onnx", got, want)
 

@@ -4,33 +4,23 @@ Each trains in seconds on two cores; the reference interpreter's outputs (`ir.ru
 IR), not the trainer's, are what the bars are checked on.
 """
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import distill
-from distill.backends import train
-from distill.config import load_config
 from distill.data import load_data
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 pytestmark = pytest.mark.slow
 
 
-def trained(name: str):
-    config = load_config(EXAMPLES / f"{name}.toml")
-    return config, train(config, verbose=0)
-
-
-def test_blobs():
-    _, result = trained("blobs")
+def test_blobs(workload):
+    _, result = workload("blobs")
     assert result.metrics["test"]["accuracy"] >= 0.98
     assert result.model.labels == ("0", "1")
 
 
-def test_linear_recovers_truth_and_loss_falls_log_linearly():
-    config, result = trained("linear")
+def test_linear_recovers_truth_and_loss_falls_log_linearly(workload):
+    config, result = workload("linear")
     truth = load_data(config.data, seed=config.seed).truth
     dense = result.model.nodes[0]
     assert np.abs(dense.weights["kernel"] - truth["W"]).max() <= 0.3
@@ -44,8 +34,8 @@ def test_linear_recovers_truth_and_loss_falls_log_linearly():
     assert r < -0.99
 
 
-def test_exp():
-    _, result = trained("exp")
+def test_exp(workload):
+    _, result = workload("exp")
     grid = np.linspace(0, 1, 100, endpoint=False, dtype=np.float32).reshape(-1, 1)
     assert np.abs(distill.run(result.model, grid) - np.exp(grid)).max() <= 0.01
     assert distill.run(result.model, [0.2])[0] == pytest.approx(1.2214, abs=0.005)
@@ -53,20 +43,20 @@ def test_exp():
         float(np.float32(0.2))] * 3
 
 
-def test_sumprod():
-    _, result = trained("sumprod")
+def test_sumprod(workload):
+    _, result = workload("sumprod")
     np.testing.assert_allclose(distill.run(result.model, [0.3, 0.5]), [0.8, 0.15], atol=0.02)
 
 
-def test_digits():
-    _, result = trained("digits")
+def test_digits(workload):
+    _, result = workload("digits")
     assert result.metrics["test"]["accuracy"] >= 0.95
     assert result.model.nodes[0].op == "normalize"  # standardization travels with the model
     assert result.model.input_shape == (64,)
 
 
-def test_tabular():
-    config, result = trained("tabular")
+def test_tabular(workload):
+    config, result = workload("tabular")
     ds = load_data(config.data, seed=config.seed)
     majority = np.bincount(ds.y).max() / len(ds.y)
     assert result.metrics["test"]["accuracy"] >= majority + 0.3

@@ -40,12 +40,17 @@ def float_literal(value: Any) -> str:
     return text
 
 
-def float_lines(values: Any, suffix: str = "", width: int = 96, indent: str = "    ") -> str:
-    """Comma-separated float literals wrapped into lines of at most `width` characters."""
+def float_lines(values: Any, suffix: str = "", width: int = 96, indent: str = "    ",
+                neg_zero: str | None = None) -> str:
+    """Comma-separated float literals wrapped into lines of at most `width` characters.
+
+    `neg_zero` replaces -0.0 for languages whose constants have no negative zero (Go).
+    """
     flat = np.asarray(values, dtype=np.float32).reshape(-1)
     lines, line = [], indent
     for v in flat:
-        item = float_literal(v) + suffix + ","
+        text = float_literal(v)
+        item = (neg_zero if neg_zero and text == "-0.0" else text + suffix) + ","
         if len(line) + len(item) + 1 > width and line.strip():
             lines.append(line.rstrip())
             line = indent

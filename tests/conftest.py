@@ -1,0 +1,23 @@
+"""Shared fixtures: the six reference workloads, each trained once per test session."""
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKLOADS = ("blobs", "linear", "exp", "sumprod", "digits", "tabular")
+
+
+@pytest.fixture(scope="session")
+def workload():
+    """`workload(name)` -> (config, TrainResult) of examples/NAME.toml, trained on first use."""
+    from distill.backends import train
+    from distill.config import load_config
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            config = load_config(ROOT / "examples" / f"{name}.toml")
+            cache[name] = (config, train(config, verbose=0))
+        return cache[name]
+    return get

@@ -1,0 +1,394 @@
+"""Exporters: every workload and every op in every language, built with the real toolchain,
+run, and compared with the reference; weights bit for bit; hostile names; golden files."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import distill
+from distill import codegen, ir
+from distill.codegen.onnx import LOWERINGS
+from distill.ops import OPS
+from distill.verify import verify
+
+from conftest import ROOT, WORKLOADS
+
+LANGS = codegen.languages()
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+def test_toolchains_are_present():
+    # CI must not silently skip a language: the toolchains are part of the machine.
+    for tool in ("cc", "go", "gofmt"):
+        assert shutil.which(tool), f"{tool} is not installed"
+    import onnxruntime  # noqa: F401
+
+
+def test_every_op_has_a_template_in_every_language():
+    assert set(LANGS) >= {"c", "go", "numpy", "onnx"}
+    assert set(LOWERINGS) == set(OPS)
+    for lang, target in codegen.text_targets().items():
+        have = {p.stem for p in (target.folder / "ops").glob("*.j2")}
+        missing = set(OPS) - set(codegen.NO_DATA_OPS) - have
+        assert not missing, f"{lang} has no template for {sorted(missing)}"
+
+
+def every_op_models():
+    rng = np.random.default_rng(0)
+
+    def r(*shape):
+        return rng.normal(size=shape).astype(np.float32)
+    return [
+        ir.make_model("chain", (5,), [
+            ("norm", "normalize", {}, {"mean": r(5), "std": np.abs(r(5)) + 0.5}),
+            ("d1", "dense", {}, {"kernel": r(5, 8), "bias": r(8)}),
+            ("t", "tanh", {}, {}),
+            ("d2", "dense", {}, {"kernel": r(8, 6)}),
+            ("lr", "leaky_relu", {"alpha": 0.1234567}, {}),
+            ("d3", "dense", {}, {"kernel": r(6, 6), "bias": r(6)}),
+            ("re", "relu", {}, {}),
+            ("lin", "linear", {}, {}),
+            ("d4", "dense", {}, {"kernel": r(6, 3), "bias": r(3)}),
+            ("s", "sigmoid", {}, {}),
+        ]),
+        ir.make_model("ranked", (2, 3, 4), [
+            ("norm", "normalize", {}, {"mean": r(4), "std": np.abs(r(4)) + 0.5}),
+            ("per_row", "dense", {}, {"kernel": r(4, 5), "bias": r(5)}),
+            ("rows_softmax", "softmax", {}, {}),
+            ("flat", "flatten", {}, {}),
+            ("back", "reshape", {"shape": [5, -1]}, {}),
+            ("d", "dense", {}, {"kernel": r(6, 4)}),
+            ("sm", "softmax", {}, {}),
+            ("out", "reshape", {"shape": [-1]}, {}),
+        ], labels=["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o",
+                   "p", "q", "r", "s", "t"]),
+        ir.make_model("identity", (3,), [("f", "flatten", {}, {})]),
+    ]
+
+
+@pytest.mark.parametrize("model", every_op_models(), ids=lambda m: m.name)
+def test_every_op_in_every_language(model):
+    used = {n.op for m in every_op_models() for n in m.nodes}
+    assert used == set(OPS)  # the models above cover the whole registry
+    for result in verify(model, LANGS, samples=32):
+        assert result.ok, result.line()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_workload_matrix(workload, name):
+    _, result = workload(name)
+    for r in verify(result.model, LANGS, samples=128):
+        assert r.ok and r.samples == 128, r.line()
+
+
+# ------------------------------------------------------------------------ weights bit for bit
+
+EDGE = np.array([-0.0, 0.0, 1e-45, -1e-45, 1.17549435e-38, 1e-38, 3.4028235e38, -3.4028235e38,
+                 0.1, 1 / 3, 16777217.0, -2.5e-12, 1.0000001, 7.006492e-46, 123456.789],
+                np.float32)
+
+
+def weight_bits_c(folder: Path, name: str, idents: list[str]) -> dict[str, np.ndarray]:
+    """Compile the emitted C with a harness that prints every weight array's bits."""
+    lines = [f'#include "{name}.c"', "#include <stdio.h>", "#include <string.h>",
+             "static void dump(const float *a, size_t n) {", "    size_t i; unsigned int u;",
+             "    for (i = 0; i < n; ++i) { memcpy(&u, &a[i], 4); printf(\"%08x \", u); }",
+             '    printf("\\n");', "}", "int main(void) {"]
+    lines += [f"    dump({i}, sizeof {i} / sizeof {i}[0]);" for i in idents]
+    lines += ["    return 0;", "}"]
+    (folder / "bits.c").write_text("\n".join(lines) + "\n")
+    subprocess.run(["cc", "-std=c99", "-o", "bits", "bits.c", "-lm"], cwd=folder, check=True)
+    out = subprocess.run(["./bits"], cwd=folder, capture_output=True, text=True, check=True)
+    return {i: np.array([int(h, 16) for h in line.split()], np.uint32)
+            for i, line in zip(idents, out.stdout.splitlines())}
+
+
+def weight_bits_go(folder: Path, idents: list[str]) -> dict[str, np.ndarray]:
+    package = re.search(r"^package (\w+)", (folder / "go.mod").read_text().replace(
+        "module", "package"), re.M).group(1)
+    body = "\n".join(f'\tdump("{i}", {i}[:])' for i in idents)
+    (folder / "bits_test.go").write_text(f"""package {package}
+
+import (
+\t"fmt"
+\t"math"
+\t"testing"
+)
+
+func dump(name string, a []float32) {{
+\tfmt.Print("BITS ", name)
+\tfor _, v := range a {{
+\t\tfmt.Printf(" %08x", math.Float32bits(v))
+\t}}
+\tfmt.Println()
+}}
+
+func TestBits(t *testing.T) {{
+{body}
+}}
+""")
+    out = subprocess.run(["go", "test", "-count=1", "-run", "TestBits", "-v", "."], cwd=folder,
+                         capture_output=True, text=True, check=True,
+                         env={**os.environ, "GOTOOLCHAIN": "local"})
+    result = {}
+    for line in out.stdout.splitlines():
+        if line.startswith("BITS "):
+            _, ident, *hexes = line.split()
+            result[ident] = np.array([int(h, 16) for h in hexes], np.uint32)
+    return result
+
+
+def weight_bits_numpy(folder: Path, name: str, idents: list[str]) -> dict[str, np.ndarray]:
+    sys.path.insert(0, str(folder))
+    try:
+        import importlib
+        module = importlib.import_module(name)
+        importlib.reload(module)
+        return {i: getattr(module, f"_{i.upper()}").reshape(-1).view(np.uint32)
+                for i in idents}
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop(name, None)
+
+
+def check_weight_bits(model: ir.Model, tmp_path: Path):
+    for lang in ("c", "go", "numpy"):
+        folder = tmp_path / lang
+        codegen.export(model, [lang], folder, name=f"bits_{model.name}", samples=2)
+        ctx = codegen.context(model, codegen.text_targets()[lang], f"bits_{model.name}", 1)
+        expected = {w["ident"]: w["values"].reshape(-1).view(np.uint32) for w in ctx["weights"]}
+        if lang == "c":
+            got = weight_bits_c(folder, ctx["name"], list(expected))
+        elif lang == "go":
+            got = weight_bits_go(folder, list(expected))
+        else:
+            got = weight_bits_numpy(folder, ctx["name"], list(expected))
+        for ident, bits in expected.items():
+            assert np.array_equal(got[ident], bits), (lang, ident)
+    onnx_path = codegen.render(model, "onnx")
+    import onnx
+    from onnx import numpy_helper
+    proto = onnx.load_from_string(next(iter(onnx_path.values())))
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    for node in model.nodes:
+        for key, arr in node.weights.items():
+            assert np.array_equal(inits[f"{node.name}_{key}"].view(np.uint32),
+                                  arr.view(np.uint32))
+
+
+def test_edge_value_weights_are_bit_exact_everywhere(tmp_path):
+    model = ir.make_model("edge", (len(EDGE),), [
+        ("d", "dense", {}, {"kernel": np.diag(EDGE) + 0.0, "bias": EDGE})])
+    model.node("d").weights["kernel"][0, 0] = -0.0  # keep the sign the diag above dropped
+    assert np.signbit(model.node("d").weights["kernel"][0, 0])
+    check_weight_bits(model, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_workload_weights_are_bit_exact_everywhere(workload, name, tmp_path):
+    check_weight_bits(workload(name)[1].model, tmp_path)
+
+
+# --------------------------------------------------------------------------------- names
+
+HOSTILE = ["int", "func", "type", "lambda", "dense-1", '"; system("rm -rf /"); //', "*/",
+           "main", "package", "import", "None", "__init__", "x\ny", "ünïcödé", "return"]
+
+
+def test_hostile_names_compile_run_and_leak_nothing(tmp_path):
+    rng = np.random.default_rng(1)
+    layers = []
+    for i, raw in enumerate(HOSTILE):
+        layers.append((raw, "dense", {}, {"kernel": rng.normal(size=(3, 3)).astype(np.float32),
+                                          "bias": rng.normal(size=3).astype(np.float32)}))
+        layers.append((raw, ["tanh", "relu", "sigmoid"][i % 3], {}, {}))
+    model = ir.make_model('evil */ name\n"; system("x"); //', (3,), layers,
+                          labels=['a"b', "c*/d", 'e\\"); system("f");'])
+    for result in verify(model, LANGS, samples=16):
+        assert result.ok, result.line()
+    for reserved in ("int", "func", "main", "lambda", "import"):
+        m = ir.make_model(reserved, (3,), layers[:2])
+        for result in verify(m, LANGS, samples=4):
+            assert result.ok, result.line()
+    out = tmp_path / "evil"
+    codegen.export(model, LANGS, out)
+    for path in out.rglob("*"):
+        if path.is_file() and path.suffix != ".onnx":
+            text = path.read_text()
+            # Names are sanitized away; the label survives only as an escaped literal.
+            assert 'system("' not in text and "rm -rf" not in text and "*/ name" not in text
+            assert "evil_name_system_x" in text or path.name == ".distill-export"
+
+
+# --------------------------------------------------------------------------- emitted text
+
+def tiny_model() -> ir.Model:
+    return ir.make_model("tiny", (2,), [
+        ("hidden", "dense", {}, {"kernel": np.array([[0.5, -1.25, 2.0], [1e-3, 0.1, -0.0]],
+                                                    np.float32),
+                                 "bias": np.array([0.0, 0.25, -1.5], np.float32)}),
+        ("hidden_act", "leaky_relu", {"alpha": 0.2}, {}),
+        ("out", "dense", {}, {"kernel": np.array([[1.0, -1.0], [0.5, 0.5], [-2.0, 3.0]],
+                                                 np.float32),
+                              "bias": np.array([0.1, -0.1], np.float32)}),
+        ("out_act", "softmax", {}, {}),
+    ], labels=["no", "yes"], metadata={"samples": [[0.5, -0.5], [1.0, 2.0]]})
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_golden_files(lang):
+    """The emitted text of a tiny fixed model, checked in: template changes show as diffs.
+    Regenerate with DISTILL_UPDATE_GOLDEN=1 after a deliberate change."""
+    files = codegen.render(tiny_model(), lang, samples=4)
+    folder = GOLDEN / lang
+    if os.environ.get("DISTILL_UPDATE_GOLDEN"):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for rel, data in files.items():
+            (folder / rel).write_bytes(data)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(files)
+    for rel, data in files.items():
+        assert (folder / rel).read_bytes() == data, f"{lang}/{rel} differs from the golden file"
+
+
+def test_export_is_deterministic():
+    for lang in LANGS:
+        assert codegen.render(tiny_model(), lang) == codegen.render(tiny_model(), lang)
+
+
+def test_c_is_clean_c99_and_the_header_is_cxx(tmp_path):
+    codegen.export(tiny_model(), ["c"], tmp_path / "c")
+    flags = ["-std=c99", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-Wshadow",
+             "-Wconversion", "-Wdouble-promotion", "-c", "tiny.c"]
+    subprocess.run(["gcc", *flags], cwd=tmp_path / "c", check=True)
+    text = (tmp_path / "c" / "tiny.c").read_text()
+    assert "malloc" not in text and re.search(r"^static float", text, re.M) is None
+    if shutil.which("g++"):
+        subprocess.run(["g++", "-std=c++11", "-Wall", "-Wextra", "-pedantic", "-Werror",
+                        "-fsyntax-only", "-x", "c++", "tiny.h"], cwd=tmp_path / "c",
+                       check=True)
+
+
+def test_go_is_gofmt_and_vet_clean(tmp_path):
+    codegen.export(tiny_model(), ["go"], tmp_path / "go")
+    out = subprocess.run(["gofmt", "-l", "."], cwd=tmp_path / "go", capture_output=True,
+                         text=True, check=True)
+    assert out.stdout == ""
+    subprocess.run(["go", "vet", "./..."], cwd=tmp_path / "go", check=True,
+                   env={**os.environ, "GOTOOLCHAIN": "local"})
+
+
+def test_c_and_go_agree_bit_for_bit(tmp_path, workload):
+    """Same accumulation order, no contraction, exp in double: the same bits."""
+    model = workload("digits")[1].model
+    x = codegen.golden_samples(model, 64)
+    codegen.export(model, ["c", "go"], tmp_path / "e", name="m")
+    (tmp_path / "e" / "c" / "dump.c").write_text(
+        '#include "m.h"\n#include <stdio.h>\n#include <string.h>\n'
+        "int main(void) {\n    float in[M_INPUT_SIZE], out[M_OUTPUT_SIZE];\n"
+        "    unsigned int u;\n    int i;\n"
+        "    while (fread(in, sizeof in, 1, stdin) == 1) {\n"
+        "        m_predict(in, out);\n"
+        "        for (i = 0; i < M_OUTPUT_SIZE; ++i) {\n"
+        '            memcpy(&u, &out[i], 4);\n            printf("%08x\\n", u);\n'
+        "        }\n    }\n    return 0;\n}\n")
+    c_dir = tmp_path / "e" / "c"
+    subprocess.run(["cc", "-std=c99", "-O2", "-o", "dump", "dump.c", "m.c", "-lm"], cwd=c_dir,
+                   check=True)
+    c_out = subprocess.run(["./dump"], cwd=c_dir, input=x.tobytes(), capture_output=True,
+                           check=True).stdout.decode().split()
+    go_dir = tmp_path / "e" / "go"
+    (go_dir / "dump_test.go").write_text(
+        'package m\n\nimport (\n\t"encoding/binary"\n\t"fmt"\n\t"math"\n\t"os"\n'
+        '\t"testing"\n)\n\nfunc TestDump(t *testing.T) {\n'
+        '\traw, err := os.ReadFile(os.Getenv("DUMP_INPUT"))\n'
+        "\tif err != nil {\n\t\tt.Fatal(err)\n\t}\n"
+        "\tin := make([]float32, len(raw)/4)\n"
+        "\tfor i := range in {\n"
+        "\t\tin[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))\n\t}\n"
+        "\tout, err := PredictBatch(in)\n\tif err != nil {\n\t\tt.Fatal(err)\n\t}\n"
+        '\tfor _, v := range out {\n\t\tfmt.Printf("BITS %08x\\n", math.Float32bits(v))\n'
+        "\t}\n}\n")
+    (tmp_path / "x.bin").write_bytes(x.astype("<f4").tobytes())
+    go_out = subprocess.run(["go", "test", "-count=1", "-run", "TestDump", "-v", "."],
+                            cwd=go_dir, capture_output=True, text=True, check=True,
+                            env={**os.environ, "GOTOOLCHAIN": "local",
+                                 "DUMP_INPUT": str(tmp_path / "x.bin")}).stdout
+    go_bits = [line.split()[1] for line in go_out.splitlines() if line.startswith("BITS ")]
+    assert len(c_out) == len(x) * 10 and c_out == go_bits
+
+
+# ------------------------------------------------------------------------------ the command
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "distill.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_export_command_replaces_only_its_own_folders(tmp_path):
+    model_path = tmp_path / "tiny.distill"
+    distill.save(tiny_model(), model_path)
+    out = tmp_path / "out"
+    proc = cli("export", model_path, "--lang", "c,numpy", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "bytes of weights (flash)" in proc.stdout and "working memory (RAM)" in proc.stdout
+    assert (out / "c" / "tiny.c").is_file() and (out / "numpy" / "tiny.py").is_file()
+    proc = cli("export", model_path, "--lang", "go", "-o", out)  # replaces the whole folder
+    assert proc.returncode == 0 and sorted(p.name for p in out.iterdir()) == [
+        ".distill-export", "go.mod", "tiny.go", "tiny_test.go"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    proc = cli("export", model_path, "--lang", "c", "-o", mine)
+    assert proc.returncode == 2 and "not written by distill export" in proc.stderr
+    assert (mine / "notes.txt").read_text() == "precious"
+    proc = cli("export", model_path, "--lang", "cobol", "-o", tmp_path / "x")
+    assert proc.returncode == 2 and "unknown language 'cobol'" in proc.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_unsupported_ops_are_all_listed_before_anything_is_written(tmp_path, monkeypatch):
+    from distill import ops
+    monkeypatch.setitem(ops.OPS, "swish", ops.OpDef("swish", lambda x, a, w: x,
+                                                    lambda s, a, w: s))
+    monkeypatch.setitem(LOWERINGS, "swish", lambda *a: None)
+    model = ir.make_model("m", (2,), [("a", "swish", {}, {}), ("b", "swish", {}, {})])
+    with pytest.raises(distill.DistillError) as e:
+        codegen.export(model, ["c", "go"], tmp_path / "out")
+    text = str(e.value)
+    for lang in ("c", "go"):
+        for node in ("a", "b"):
+            assert f"{lang}: node '{node}' uses op 'swish'" in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_verify_command(tmp_path):
+    model_path = tmp_path / "tiny.distill"
+    distill.save(tiny_model(), model_path)
+    proc = cli("verify", model_path, "--samples", "50")
+    assert proc.returncode == 0, proc.stderr
+    for lang in LANGS:
+        assert re.search(rf"{lang}\s+pass\s+50 samples\s+max abs \S+\s+max rel \S+\s+max ULP",
+                         proc.stdout), proc.stdout
+
+
+def test_verify_catches_a_wrong_template(tmp_path, monkeypatch):
+    """A check that cannot fail is no check: break the C relu and watch verify fail."""
+    fake = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", fake)
+    relu = fake / "c" / "ops" / "relu.j2"
+    relu.write_text(relu.read_text().replace("v < 0.0f ? 0.0f : v", "v < 0.0f ? 0.0f : v * 1.01f"))
+    monkeypatch.setattr(codegen, "templates_dir", lambda: fake)
+    model = ir.make_model("r", (4,), [("d", "dense", {}, {"kernel": np.eye(4, dtype=np.float32),
+                                                          "bias": np.ones(4, np.float32)}),
+                                      ("act", "relu", {}, {})])
+    (c_result,) = verify(model, ["c"], samples=8)
+    assert not c_result.ok and c_result.max_abs > 1e-3
