@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import tempfile
@@ -44,6 +45,13 @@ MAX_JSON_BYTES = 16 << 20
 MAX_ELEMENTS = 1 << 28  # 1 GiB of float32 per weight: far beyond a "small" network
 _NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+# zip flag bits zipfile cannot read: encrypted (0), compressed patched data (5), strong
+# encryption (6). A distill writer never sets them, so an entry with one is not ours.
+_ZIP_UNREADABLE_FLAGS = 0x61
+# What zipfile raises, besides BadZipFile, for archives it cannot read: NotImplementedError
+# for a newer zip version or an unknown method, RuntimeError for encryption.
+_ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError,
+               NotImplementedError)
 
 Shape = tuple[int, ...]
 
@@ -71,13 +79,15 @@ class Model:
 
     @property
     def output_shape(self) -> Shape:
-        return self.node(self.outputs[0]).output_shape if self.nodes else self.input_shape
+        out = self.outputs[0]
+        return self.input_shape if out == INPUT else self.node(out).output_shape
 
     def node(self, name: str) -> Node:
         for n in self.nodes:
             if n.name == name:
                 return n
-        raise KeyError(f"no node named {name!r}{did_you_mean(name, [n.name for n in self.nodes])}")
+        raise KeyError(f"no node named {_show(name)}"
+                       f"{did_you_mean(name, [n.name for n in self.nodes])}")
 
 
 # -------------------------------------------------------------------------------------- names
@@ -94,12 +104,17 @@ def sanitize_name(raw: Any, taken: Iterable[str] = ()) -> str:
     if not name or not name[0].isalpha():
         name = "n_" + name if name else "node"
     if len(name) > 40:
-        name = name[:31].rstrip("_") + "_" + hashlib.sha256(text.encode()).hexdigest()[:8]
+        name = name[:31].rstrip("_") + "_" + _name_hash(text)
     taken = set(taken) | {INPUT}
     base, i = name, 2
     while name in taken:
         name, i = f"{base}_{i}", i + 1
     return name
+
+
+def _name_hash(text: str) -> str:
+    # surrogatepass: JSON can spell a lone surrogate ("\ud800"), which strict UTF-8 refuses.
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
 
 
 # ----------------------------------------------------------------------------------- building
@@ -122,8 +137,8 @@ def make_model(name: str, input_shape: Sequence[int],
         opdef = _opdef(op_name, node_name)
         try:
             out = tuple(int(d) for d in opdef.out_shape(shape, attrs, w))
-        except (ValueError, KeyError, IndexError) as e:
-            raise ModelFormatError(f"node {node_name!r} ({op_name}): {e}") from None
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise ModelFormatError(f"node {node_name!r} ({op_name}): {_short(e)}") from None
         nodes.append(Node(node_name, op_name, dict(attrs), w, (prev,), shape, out))
         prev, shape = node_name, out
     model = Model(sanitize_name(name), tuple(int(d) for d in input_shape), tuple(nodes),
@@ -135,41 +150,43 @@ def make_model(name: str, input_shape: Sequence[int],
 
 def _opdef(op_name: str, node_name: str):
     if op_name not in OPS:
-        raise ModelFormatError(f"node {node_name!r}: unknown op {op_name!r}"
+        raise ModelFormatError(f"node {_show(node_name)}: unknown op {_show(op_name)}"
                                f"{did_you_mean(op_name, OPS)}; supported: {', '.join(OPS)}")
     return OPS[op_name]
 
 
 def validate(model: Model) -> None:
     """Raise ModelFormatError naming the first node that breaks an IR rule."""
-    if not _NAME.match(model.name):
-        raise ModelFormatError(f"model name {model.name!r} is not a sanitized identifier")
+    if not isinstance(model.name, str) or not _NAME.match(model.name):
+        raise ModelFormatError(f"model name {_show(model.name)} is not a sanitized identifier")
     if model.input_dtype != "float32":
-        raise ModelFormatError(f"input dtype {model.input_dtype!r} is not supported; "
+        raise ModelFormatError(f"input dtype {_show(model.input_dtype)} is not supported; "
                                "expected float32")
     _check_shape(model.input_shape, "model input")
+    try:
+        # save() writes strict JSON, and JSON's 1e999 loads as inf: refuse what it cannot write.
+        json.dumps(dict(model.metadata), allow_nan=False, sort_keys=True)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise ModelFormatError(f"metadata cannot be saved as JSON ({_short(e)})") from None
     seen: dict[str, Shape] = {INPUT: tuple(model.input_shape)}
     for node in model.nodes:
-        where = f"node {node.name!r} ({node.op})"
-        if not isinstance(node.name, str) or not _NAME.match(node.name) or node.name == INPUT:
-            raise ModelFormatError(f"node name {node.name!r} is not a valid identifier "
-                                   "([a-z][a-z0-9_]*, not 'input')")
-        if node.name in seen:
-            raise ModelFormatError(f"duplicate node name {node.name!r}")
+        _check_node_name(node.name, seen)
+        where = f"node {_show(node.name)} ({_clip(str(node.op))})"
         opdef = _opdef(node.op, node.name)
-        if len(node.inputs) != 1 or node.inputs[0] not in seen:
-            raise ModelFormatError(f"{where}: inputs {list(node.inputs)} must be one earlier "
-                                   "node or 'input'")
+        if (len(node.inputs) != 1 or not isinstance(node.inputs[0], str)
+                or node.inputs[0] not in seen):
+            raise ModelFormatError(f"{where}: inputs {_show(list(node.inputs))} must be one "
+                                   "earlier node or 'input'")
         for key, value in node.attrs.items():
             kind = opdef.attrs.get(key)
             if kind is None:
-                raise ModelFormatError(f"{where}: unknown attribute {key!r}"
+                raise ModelFormatError(f"{where}: unknown attribute {_show(key)}"
                                        f"{did_you_mean(key, opdef.attrs)}")
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                continue
-            if not isinstance(value, kind) or isinstance(value, bool):
+            # An int stands for a float (JSON writers drop the ".0"); a bool never does.
+            number = kind is float and isinstance(value, int)
+            if isinstance(value, bool) or not (isinstance(value, kind) or number):
                 raise ModelFormatError(f"{where}: attribute {key!r} must be {kind.__name__}")
-            if kind is float and not np.isfinite(value):
+            if kind is float and not _is_finite(value):
                 raise ModelFormatError(f"{where}: attribute {key!r} is not finite")
         for key in opdef.attrs:
             if key not in node.attrs:
@@ -180,7 +197,7 @@ def validate(model: Model) -> None:
                 raise ModelFormatError(f"{where}: missing weight {key!r}")
         for key, arr in node.weights.items():
             if key not in allowed:
-                raise ModelFormatError(f"{where}: unexpected weight {key!r}"
+                raise ModelFormatError(f"{where}: unexpected weight {_show(key)}"
                                        f"{did_you_mean(key, allowed)}")
             if not isinstance(arr, np.ndarray) or arr.dtype != np.float32:
                 raise ModelFormatError(f"{where}: weight {key!r} must be a float32 array")
@@ -198,13 +215,16 @@ def validate(model: Model) -> None:
                 if (node.weights["std"] == 0).any():
                     raise ValueError("std holds a zero")
         except (ValueError, KeyError, IndexError, TypeError) as e:
-            raise ModelFormatError(f"{where}: {e}") from None
+            raise ModelFormatError(f"{where}: {_short(e)}") from None
+        # The rule may compute a shape no file can hold (a reshape to []): load would refuse it.
+        _check_shape(out, f"{where} output")
         if out != tuple(node.output_shape):
             raise ModelFormatError(f"{where}: output shape {tuple(node.output_shape)} should be "
                                    f"{out}")
         seen[node.name] = out
-    if len(model.outputs) != 1 or model.outputs[0] not in seen:
-        raise ModelFormatError(f"outputs {list(model.outputs)} must name one node")
+    if (len(model.outputs) != 1 or not isinstance(model.outputs[0], str)
+            or model.outputs[0] not in seen):
+        raise ModelFormatError(f"outputs {_show(list(model.outputs))} must name one node")
     if model.labels is not None:
         if not all(isinstance(x, str) for x in model.labels):
             raise ModelFormatError("labels must be strings")
@@ -214,11 +234,26 @@ def validate(model: Model) -> None:
             raise ModelFormatError(f"{len(model.labels)} labels for {width} outputs")
 
 
+def _check_node_name(name: Any, seen: Iterable[str]) -> None:
+    if not isinstance(name, str) or not _NAME.match(name) or name == INPUT:
+        raise ModelFormatError(f"node name {_show(name)} is not a valid identifier "
+                               "([a-z][a-z0-9_]*, not 'input')")
+    if name in seen:
+        raise ModelFormatError(f"duplicate node name {_show(name)}")
+
+
+def _is_finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond the float range, as JSON's 10**400 loads
+        return False
+
+
 def _check_shape(shape: Any, where: str) -> None:
     if (not isinstance(shape, (list, tuple)) or not shape or len(shape) > 8
             or not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d for d in shape)
             or prod(shape) > MAX_ELEMENTS):
-        raise ModelFormatError(f"{where}: bad shape {shape!r}")
+        raise ModelFormatError(f"{where}: bad shape {_show(shape)}")
 
 
 # ------------------------------------------------------------------------------------ running
@@ -297,7 +332,10 @@ def to_json(model: Model) -> dict[str, Any]:
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one."""
+    """Write `data` to `path` so that readers see the old file or the whole new one.
+
+    The file gets the permissions `open()` would give a new file (0666 less the umask).
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -305,10 +343,27 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp makes the file 0600, which would leave a saved model unreadable to others.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    # The umask can only be read by setting it. Linux shows it in /proc; elsewhere set it and
+    # put it back at once, a short window in which another thread's new file gets the wrong mode.
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
 
 
 def archive_bytes(doc: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
@@ -316,13 +371,22 @@ def archive_bytes(doc: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
     """A deterministic stored zip of one JSON document and `.npy` arrays (no pickle inside)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
-        info = zipfile.ZipInfo(doc_name, _ZIP_DATE)
-        z.writestr(info, json.dumps(doc, indent=1, sort_keys=True, allow_nan=False) + "\n")
+        z.writestr(_zip_info(doc_name),
+                   json.dumps(doc, indent=1, sort_keys=True, allow_nan=False) + "\n")
         for name, arr in arrays.items():
             npy = io.BytesIO()
             np.lib.format.write_array(npy, np.ascontiguousarray(arr), allow_pickle=False)
-            z.writestr(zipfile.ZipInfo(name, _ZIP_DATE), npy.getvalue())
+            z.writestr(_zip_info(name), npy.getvalue())
     return buf.getvalue()
+
+
+def _zip_info(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, _ZIP_DATE)
+    # ZipInfo's defaults depend on the platform (create_system is 0 on Windows, 3 elsewhere):
+    # fix them so the same model gives the same bytes everywhere, as a Unix rw-r--r-- file.
+    info.create_system = 3
+    info.external_attr = 0o644 << 16
+    return info
 
 
 def save(model: Model, path: str | os.PathLike) -> None:
@@ -335,7 +399,11 @@ def save(model: Model, path: str | os.PathLike) -> None:
 
 def read_archive(path: str | os.PathLike, doc_name: str = "model.json",
                  what: str = "distill model") -> tuple[dict[str, Any], zipfile.ZipFile]:
-    """Open a zip written by `archive_bytes`; returns its JSON document and the open archive."""
+    """Open a zip written by `archive_bytes`; returns its JSON document and the open archive.
+
+    Every entry has been checked to need no zip feature that `archive_bytes` does not use
+    (encryption, patched data), so reading one cannot fail for that reason.
+    """
     path = Path(path)
     if path.is_dir():
         raise ModelFormatError(f"{path}: is a directory, not a {what} file")
@@ -343,50 +411,75 @@ def read_archive(path: str | os.PathLike, doc_name: str = "model.json",
         z = zipfile.ZipFile(path)
     except FileNotFoundError:
         raise ModelFormatError(f"{path}: no such file") from None
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+    except _ZIP_ERRORS as e:
         raise ModelFormatError(f"{path}: not a {what} file ({_short(e)})") from None
     try:
-        info = z.getinfo(doc_name)
-    except KeyError:
+        for info in z.infolist():
+            if info.flag_bits & _ZIP_UNREADABLE_FLAGS:
+                raise ModelFormatError(f"{path}: {_clip(info.filename)} is encrypted or "
+                                       f"patched, which a {what} file never is")
+        try:
+            info = z.getinfo(doc_name)
+        except KeyError:
+            raise ModelFormatError(f"{path}: not a {what} file (no {doc_name} inside)") from None
+        if info.file_size > MAX_JSON_BYTES or info.compress_type != zipfile.ZIP_STORED:
+            raise ModelFormatError(f"{path}: {doc_name} is compressed or larger than "
+                                   f"{MAX_JSON_BYTES} bytes")
+        try:
+            doc = json.loads(z.read(info).decode("utf-8"),
+                             parse_constant=lambda c: _raise(f"{doc_name} holds {c}"))
+        except (*_ZIP_ERRORS, RecursionError) as e:
+            raise ModelFormatError(f"{path}: {doc_name} is unreadable ({_short(e)})") from None
+        if not isinstance(doc, dict):
+            raise ModelFormatError(f"{path}: {doc_name} is not a JSON object")
+    except BaseException:
         z.close()
-        raise ModelFormatError(f"{path}: not a {what} file (no {doc_name} inside)") from None
-    if info.file_size > MAX_JSON_BYTES or info.compress_type != zipfile.ZIP_STORED:
-        z.close()
-        raise ModelFormatError(f"{path}: {doc_name} is compressed or larger than "
-                               f"{MAX_JSON_BYTES} bytes")
-    try:
-        doc = json.loads(z.read(info).decode("utf-8"),
-                         parse_constant=lambda c: _raise(f"{doc_name} holds {c}"))
-    except (ValueError, zipfile.BadZipFile, OSError, RecursionError, EOFError) as e:
-        z.close()
-        raise ModelFormatError(f"{path}: {doc_name} is unreadable ({_short(e)})") from None
-    if not isinstance(doc, dict):
-        z.close()
-        raise ModelFormatError(f"{path}: {doc_name} is not a JSON object")
+        raise
     return doc, z
 
 
 def read_array(z: zipfile.ZipFile, name: str, shape: Shape, where: str) -> np.ndarray:
-    """Read one float32 `.npy` entry, checking its size before reading a byte of data."""
+    """Read one little-endian float32 `.npy` entry of exactly `shape`, as a new writeable array.
+
+    Sizes are checked before anything is read, and the `.npy` header is parsed here (never
+    trusted to size an allocation, never unpickled): the data must be exactly `shape`'s bytes.
+    """
+    shape = tuple(shape)
     try:
         info = z.getinfo(name)
     except KeyError:
-        raise ModelFormatError(f"{where}: {name} is missing from the file") from None
+        raise ModelFormatError(f"{where}: {_clip(name)} is missing from the file") from None
     expected = 4 * prod(shape)
     # Stored entries only: their size is bounded by the file's, so nothing can inflate.
     if info.compress_type != zipfile.ZIP_STORED or not (
             expected < info.file_size <= expected + 4096):
-        raise ModelFormatError(f"{where}: {name} has {info.file_size} bytes, expected a "
-                               f"stored .npy of {expected} data bytes")
+        raise ModelFormatError(f"{where}: {_clip(name)} has {info.file_size} bytes, expected "
+                               f"a stored .npy of {expected} data bytes")
+    if info.flag_bits & _ZIP_UNREADABLE_FLAGS:
+        raise ModelFormatError(f"{where}: {_clip(name)} is encrypted or patched")
     try:
         with z.open(info) as f:
-            arr = np.lib.format.read_array(io.BytesIO(f.read()), allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise ModelFormatError(f"{where}: {name} is unreadable ({_short(e)})") from None
-    if arr.dtype != np.dtype("<f4") or arr.shape != tuple(shape):
-        raise ModelFormatError(f"{where}: {name} is {arr.dtype} {arr.shape}, "
-                               f"expected float32 {tuple(shape)}")
-    return arr.astype(np.float32, copy=False)
+            data = f.read()
+        buf = io.BytesIO(data)
+        version = np.lib.format.read_magic(buf)
+        if version == (1, 0):
+            header = np.lib.format.read_array_header_1_0(buf)
+        elif version == (2, 0):
+            header = np.lib.format.read_array_header_2_0(buf)
+        else:
+            raise ValueError(f".npy version {version} is not supported")
+    except (*_ZIP_ERRORS, TypeError, RecursionError) as e:
+        raise ModelFormatError(f"{where}: {_clip(name)} is unreadable ({_short(e)})") from None
+    found, fortran_order, dtype = header
+    if dtype.str != "<f4" or fortran_order or found != shape:
+        layout = " (Fortran order)" if fortran_order else ""
+        raise ModelFormatError(f"{where}: {_clip(name)} is {_clip(str(dtype))} "
+                               f"{_show(found)}{layout}, expected float32 {shape} in C order")
+    if len(data) - buf.tell() != expected:
+        raise ModelFormatError(f"{where}: {_clip(name)} holds {len(data) - buf.tell()} data "
+                               f"bytes, expected {expected}")
+    # astype copies: the array owns its memory and is writeable, unlike a view of `data`.
+    return np.frombuffer(data, "<f4", offset=buf.tell()).reshape(shape).astype(np.float32)
 
 
 def load(path: str | os.PathLike) -> Model:
@@ -403,9 +496,10 @@ def _from_json(doc: dict[str, Any], z: zipfile.ZipFile) -> Model:
     if doc.get("format") != FORMAT:
         raise ModelFormatError("not a distill model file (no 'format': 'distill-ir')")
     version = doc.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ModelFormatError(f"format version {version!r} is not supported; this distill "
-                               f"reads version {FORMAT_VERSION}")
+    # `True == 1` and `1.0 == 1` in Python, but neither is the version number this reads.
+    if not isinstance(version, int) or isinstance(version, bool) or version != FORMAT_VERSION:
+        raise ModelFormatError(f"format version {_show(version)} is not supported; this "
+                               f"distill reads version {FORMAT_VERSION}")
     name = _field(doc, "name", str, "model")
     inp = _field(doc, "input", dict, "model")
     _check_shape(inp.get("shape"), "model input")
@@ -417,12 +511,18 @@ def _from_json(doc: dict[str, Any], z: zipfile.ZipFile) -> Model:
     metadata = doc.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise ModelFormatError("'metadata' must be an object")
-    nodes = []
+    # Names first, before any weight is read: N nodes with one name would read one entry N
+    # times, so a small file could ask for many times its size in memory.
+    names: set[str] = set()
     for i, nd in enumerate(nodes_doc):
         if not isinstance(nd, dict):
             raise ModelFormatError(f"node #{i} is not an object")
-        node_name = _field(nd, "name", str, f"node #{i}")
-        where = f"node {node_name!r}"
+        _check_node_name(_field(nd, "name", str, f"node #{i}"), names | {INPUT})
+        names.add(nd["name"])
+    nodes = []
+    for nd in nodes_doc:
+        node_name = nd["name"]
+        where = f"node {_show(node_name)}"
         op_name = _field(nd, "op", str, where)
         _opdef(op_name, node_name)
         weights_doc = _field(nd, "weights", dict, where)
@@ -434,13 +534,14 @@ def _from_json(doc: dict[str, Any], z: zipfile.ZipFile) -> Model:
         weights = {}
         for key, spec in weights_doc.items():
             if not isinstance(spec, dict):
-                raise ModelFormatError(f"{where}: weight {key!r} is not described by an object")
+                raise ModelFormatError(f"{where}: weight {_show(key)} is not described by an "
+                                       "object")
             shape = spec.get("shape")
-            _check_shape(shape, f"{where} weight {key!r}")
+            _check_shape(shape, f"{where} weight {_show(key)}")
             if spec.get("dtype") != "float32":
-                raise ModelFormatError(f"{where}: weight {key!r} must be float32")
+                raise ModelFormatError(f"{where}: weight {_show(key)} must be float32")
             weights[key] = read_array(z, f"weights/{node_name}/{key}.npy", tuple(shape),
-                                      f"{where} weight {key!r}")
+                                      f"{where} weight {_show(key)}")
         nodes.append(Node(node_name, op_name, attrs, weights, tuple(inputs), tuple(in_shape),
                           tuple(out_shape)))
     model = Model(name, tuple(inp["shape"]), tuple(nodes), tuple(outputs),
@@ -462,4 +563,21 @@ def _raise(msg: str):
 
 
 def _short(e: BaseException) -> str:
-    return str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+    """An exception's message for another message: its first line, at most 120 characters."""
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return _clip(lines[0] if lines else type(e).__name__, 120)
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """`text` for an error message: one printable line of at most `limit` characters.
+
+    Names in messages come from files, so they may be huge or hold control characters.
+    """
+    if not text.isprintable():
+        text = repr(text)[1:-1]
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _show(value: Any) -> str:
+    """repr(value) for an error message, cut like `_clip`."""
+    return _clip(repr(value))

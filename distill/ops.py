@@ -115,6 +115,10 @@ def softmax(x, attrs, w):
 
 def _reshape_shape(s: Shape, attrs, w) -> Shape:
     target = list(attrs["shape"])
+    # Only ints: 2.0 == 2 would pass every check below and then break numpy's reshape.
+    for d in target:
+        if not isinstance(d, int) or isinstance(d, bool):
+            raise ValueError(f"target shape dims must be integers, not {type(d).__name__}")
     if target.count(-1) > 1 or any(d == 0 or d < -1 for d in target):
         raise ValueError(f"bad target shape {tuple(target)}")
     size, known = prod(s), prod(d for d in target if d != -1)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import re
+import stat
 import struct
 import tracemalloc
 import zipfile
@@ -146,12 +148,12 @@ def rewrite(src: Path, dst: Path, *, doc: Callable[[dict], Any] | None = None,
     return dst
 
 
-def edit_node(doc: dict, name: str, **changes: Any) -> dict:
+def edit_node(doc: dict, node_name: str, **changes: Any) -> dict:
     for node in doc["nodes"]:
-        if node["name"] == name:
+        if node["name"] == node_name:
             node.update(changes)
             return doc
-    raise AssertionError(f"no node {name!r} in model.json")
+    raise AssertionError(f"no node {node_name!r} in model.json")
 
 
 def npy(arr: np.ndarray, *, allow_pickle: bool = False) -> bytes:
@@ -205,14 +207,9 @@ def saved(tmp_path: Path) -> Path:
 
 # --------------------------------------------------------------------------------- round trip
 
-def every_op_model_layers() -> list[tuple[str, str, dict, dict]]:
-    m = every_op_model()
-    return [(n.name, n.op, dict(n.attrs), dict(n.weights)) for n in m.nodes]
-
-
 def test_every_registered_op_has_a_round_trip_case():
     assert set(OP_CASES) == set(ops.OPS)
-    assert {op for _, op, _, _ in every_op_model_layers()} == set(ops.OPS)
+    assert {n.op for n in every_op_model().nodes} == set(ops.OPS)
 
 
 @pytest.mark.parametrize("op_name, case", [
@@ -287,6 +284,19 @@ def test_save_replaces_an_existing_file_and_leaves_no_temporary(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m.distill"]
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_saved_files_get_the_mode_a_new_file_would(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        ir.save(classifier(), tmp_path / "m.distill")
+        ir.atomic_write(tmp_path / "notes.txt", b"x")
+    finally:
+        os.umask(old)
+    for name in ("m.distill", "notes.txt"):  # not mkstemp's 0600
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask
+
+
 # ------------------------------------------------------------------------------- determinism
 
 def test_saving_twice_gives_identical_bytes(tmp_path):
@@ -295,6 +305,16 @@ def test_saving_twice_gives_identical_bytes(tmp_path):
     ir.save(every_op_model(), b)  # built afresh: no identity or dict-order leaks into the bytes
     ir.save(ir.load(a), c)        # and a loaded model saves to the same bytes again
     assert a.read_bytes() == b.read_bytes() == c.read_bytes()
+
+
+def test_saved_bytes_do_not_depend_on_the_platform(tmp_path, monkeypatch):
+    ir.save(classifier(), tmp_path / "here.distill")
+    monkeypatch.setattr(zipfile.sys, "platform", "win32")  # ZipInfo's create_system becomes 0
+    ir.save(classifier(), tmp_path / "windows.distill")
+    monkeypatch.undo()
+    assert (tmp_path / "here.distill").read_bytes() == (tmp_path / "windows.distill").read_bytes()
+    with zipfile.ZipFile(tmp_path / "here.distill") as z:
+        assert {(i.create_system, i.external_attr >> 16) for i in z.infolist()} == {(3, 0o644)}
 
 
 def test_model_hash_ignores_name_and_metadata_but_not_weights():
@@ -509,11 +529,10 @@ def test_make_model_sanitizes_and_de_duplicates_node_names():
     assert names[0] == "dense_1" and names[-1] == "int"
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeEncodeError, reason=(
-    "BUG ir.sanitize_name: a long name holding a lone surrogate (possible from JSON '\\ud800') "
-    "crashes in text.encode(); use text.encode('utf-8', 'surrogatepass')"))
 def test_sanitize_name_long_name_with_a_lone_surrogate():
-    assert NAME_RE.match(ir.sanitize_name("a" * 50 + "\ud800"))
+    # JSON can spell a lone surrogate ('\ud800'), which strict UTF-8 cannot encode for the hash
+    name = ir.sanitize_name("a" * 50 + "\ud800")
+    assert NAME_RE.match(name) and name != ir.sanitize_name("a" * 50 + "\udc00")
 
 
 # --------------------------------------------------------------------------------- validation
@@ -675,48 +694,32 @@ def test_integer_alpha_is_accepted():
     np.testing.assert_array_equal(ir.run(model, [-1.0, 1.0]), [-2.0, 1.0])
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "BUG ir.make_model: out_shape errors are caught as (ValueError, KeyError, IndexError) only, "
-    "so a reshape 'shape' that is a string raises TypeError; add TypeError as validate does"))
 def test_make_model_reshape_with_a_string_shape():
     with rejects(r"'r' \(reshape\)"):
         ir.make_model("m", (2,), [("r", "reshape", {"shape": "ab"}, {})])
+    with rejects(r"'r' \(reshape\)"):  # TypeError from the shape rule: list(5)
+        ir.make_model("m", (2,), [("r", "reshape", {"shape": 5}, {})])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG ir.validate/ops._reshape_shape: reshape dims are not checked to be ints, so "
-    "[1.0, 2.0] validates ((1.0, 2.0) == (1, 2)) and run() raises TypeError; reject "
-    "non-int (and bool) dims in _reshape_shape"))
-def test_reshape_with_float_dims_is_rejected_or_runs():
-    try:
-        model = ir.make_model("m", (2,), [("r", "reshape", {"shape": [1.0, 2.0]}, {})])
-    except ModelFormatError:
-        return
-    assert ir.run(model, np.zeros(2, np.float32)).shape == (1, 2)
+@pytest.mark.parametrize("shape", [[1.0, 2.0], [True, 2], [1, "2"], [None]])
+def test_reshape_with_non_int_dims_is_rejected(shape):
+    # (1.0, 2.0) == (1, 2), so float dims would pass the shape chain and then break run()
+    with rejects(r"'r' \(reshape\): target shape dims must be integers"):
+        ir.make_model("m", (2,), [("r", "reshape", {"shape": shape}, {})])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG ir.validate: node output shapes are not passed through _check_shape, so a reshape to "
-    "[] gives a model with output shape () that save() writes and load() rejects; call "
-    "_check_shape(out, where) in validate"))
-def test_models_make_model_accepts_can_be_loaded(tmp_path):
-    try:
-        model = ir.make_model("m", (1,), [("r", "reshape", {"shape": []}, {})])
-    except ModelFormatError:
-        return
-    ir.save(model, tmp_path / "m.distill")
-    assert_same_model(ir.load(tmp_path / "m.distill"), model)
+def test_models_make_model_accepts_can_be_loaded():
+    # a reshape to [] computes the output shape (), which no file may hold: refused at build time
+    with rejects(r"'r' \(reshape\) output: bad shape \(\)"):
+        ir.make_model("m", (1,), [("r", "reshape", {"shape": []}, {})])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG ir.validate: metadata is never checked, so NaN/Inf (or non-JSON values) pass "
-    "make_model and load (JSON '1e999' parses as inf) and save() then raises ValueError; "
-    "check json.dumps(metadata, allow_nan=False) in validate and raise ModelFormatError"))
-def test_metadata_that_cannot_be_saved_is_rejected(tmp_path):
-    with rejects("metadata"):
-        model = ir.make_model("m", (2,), [("a", "relu", {}, {})],
-                              metadata={"accuracy": float("nan")})
-        ir.save(model, tmp_path / "m.distill")
+@pytest.mark.parametrize("metadata", [{"accuracy": float("nan")}, {"loss": float("inf")},
+                                      {"array": np.zeros(2)}, {"set": {1}}, {1: "a", "b": 2}])
+def test_metadata_that_cannot_be_saved_is_rejected(metadata):
+    # save() writes strict, sorted JSON: NaN, Inf, non-JSON values and mixed keys cannot be
+    with rejects(r"metadata cannot be saved as JSON"):
+        ir.make_model("m", (2,), [("a", "relu", {}, {})], metadata=metadata)
 
 
 # ----------------------------------------------------------------------------- load rejections
@@ -769,7 +772,7 @@ def test_load_wrong_format(saved, tmp_path, value):
                r"not a distill model file")
 
 
-@pytest.mark.parametrize("version", [0, 2, 999, "1", None])
+@pytest.mark.parametrize("version", [0, 2, 999, "1", None, True, 1.0])
 def test_load_unsupported_format_version(saved, tmp_path, version):
     path = rewrite(saved, tmp_path / "x.distill", doc=lambda d: {**d, "format_version": version})
     load_error(path, r"format version " + re.escape(repr(version)) + r" is not supported")
@@ -827,6 +830,29 @@ def test_load_weight_with_wrong_shape_or_dtype(saved, tmp_path):
         assert entry in message, why
 
 
+def test_load_weight_npy_layouts(saved, tmp_path):
+    entry = "weights/dense_1/kernel.npy"  # (6, 8) float32
+    kernel = np.arange(48, dtype=np.float32).reshape(6, 8)
+    v2 = io.BytesIO()
+    np.lib.format.write_array(v2, kernel, version=(2, 0))
+    model = ir.load(rewrite(saved, tmp_path / "v2.distill", entries={entry: v2.getvalue()}))
+    loaded = model.node("dense_1").weights["kernel"]
+    assert loaded.tobytes() == kernel.tobytes() and loaded.dtype == np.float32
+    assert loaded.flags.writeable and loaded.flags.owndata  # not a view of the file's bytes
+    cases = {
+        "fortran order": (npy(np.asfortranarray(kernel)), r"\(Fortran order\)"),
+        "a byte short": (npy(kernel)[:-1], r"holds 191 data bytes, expected 192"),
+        "a byte over": (npy(kernel) + b"\0", r"holds 193 data bytes, expected 192"),
+        "shape too long": (npy_with_header((1,) * 500, kernel.tobytes()),
+                           r"is float32 \(1, 1, .*\.\.\., expected float32 \(6, 8\)"),
+        "npy version 9": (b"\x93NUMPY\x09\x00" + npy(kernel)[8:], r"is unreadable"),
+    }
+    for why, (data, match) in cases.items():
+        path = rewrite(saved, tmp_path / "x.distill", entries={entry: data})
+        message = load_error(path, r"node 'dense_1' weight 'kernel': " + re.escape(entry))
+        assert re.search(match, message) and len(message) < 300, (why, message)
+
+
 def test_load_weight_described_with_wrong_shape_or_dtype(saved, tmp_path):
     def spec(**changes):
         def edit(d):
@@ -840,6 +866,27 @@ def test_load_weight_described_with_wrong_shape_or_dtype(saved, tmp_path):
                r"'dense_1': weight 'kernel' must be float32")
     load_error(rewrite(saved, tmp_path / "c.distill", doc=spec(shape=[])),
                r"'dense_1' weight 'kernel': bad shape")
+
+
+@pytest.mark.parametrize("edit", [
+    lambda d: edit_node(d, "relu", name="R" * 100_000),
+    lambda d: edit_node(d, "relu", op="x" * 100_000),
+    lambda d: edit_node(d, "relu", name="relu\n" * 1000),
+    lambda d: edit_node(d, "relu", attrs={"a" * 100_000: 1}),
+    lambda d: edit_node(d, "relu", inputs=["flat"] * 100_000),
+    lambda d: edit_node(d, "relu", input_shape=[1] * 100_000),
+    lambda d: edit_node(d, "relu", weights={"k" * 100_000: 1}),
+    lambda d: edit_node(d, "to_grid", attrs={"shape": [1] * 100_000}),
+    lambda d: {**d, "outputs": ["x" * 100_000]},
+    lambda d: {**d, "name": "N" * 100_000},
+    lambda d: {**d, "format_version": "9" * 100_000},
+    lambda d: {**d, "input": {"shape": [6], "dtype": "f" * 100_000}},
+    lambda d: {**d, "metadata": {"x": [float("nan")] * 100_000}},
+])
+def test_load_error_messages_stay_short_whatever_the_file_holds(saved, tmp_path, edit):
+    path = rewrite(saved, tmp_path / "x.distill", doc=edit)
+    message = load_error(path)
+    assert len(message) < len(str(path)) + 300, message
 
 
 def test_load_weight_entry_missing(saved, tmp_path):
@@ -946,33 +993,24 @@ def zip_field_offsets(data: bytes, entry: str) -> dict[str, int]:
 
 @pytest.mark.parametrize("entry", ["model.json", "weights/dense_1/kernel.npy"])
 @pytest.mark.parametrize("field, value", [
-    pytest.param("flags", 0x01, id="encrypted", marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG ir.read_archive/read_array: zipfile raises RuntimeError for an encrypted entry; "
-        "reject info.flag_bits & 0x61 (encrypted, patched, strong encryption) up front, or "
-        "catch RuntimeError and NotImplementedError"))),
-    pytest.param("flags", 0x20, id="patched", marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG ir.read_archive/read_array: zipfile raises NotImplementedError for flag bit 5"))),
-    pytest.param("flags", 0x40, id="strong_encryption", marks=pytest.mark.xfail(
-        strict=True, reason="BUG ir: zipfile raises NotImplementedError for flag bit 6")),
-    pytest.param("version_needed", 99, id="version_needed", marks=pytest.mark.xfail(
-        strict=True, reason=(
-            "BUG ir.read_archive: zipfile.ZipFile() raises NotImplementedError('zip file "
-            "version 9.9') for an entry needing a newer zip version; catch it"))),
+    # zipfile raises RuntimeError (encrypted) or NotImplementedError (flag bits 5 and 6, a
+    # newer "version needed to extract") for these; load must turn them into ModelFormatError
+    pytest.param("flags", 0x01, id="encrypted"),
+    pytest.param("flags", 0x20, id="patched"),
+    pytest.param("flags", 0x40, id="strong_encryption"),
+    pytest.param("version_needed", 99, id="version_needed"),
     pytest.param("flags", 0x08, id="data_descriptor"),
 ])
 def test_load_zip_header_flags(saved, entry, field, value):
     data = bytearray(saved.read_bytes())
     data[zip_field_offsets(bytes(data), entry)[field]] = value
     saved.write_bytes(bytes(data))
-    loads_cleanly_or_rejects(saved)
+    model = loads_cleanly_or_rejects(saved)
+    assert (model is None) == (value != 0x08)  # only the data descriptor bit is harmless
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG ir.read_array: the .npy header's shape is trusted; numpy's read_array on a BytesIO "
-    "allocates the claimed shape before reading (MemoryError for 1e12 elements, 200 MiB for "
-    "5e7 while the entry is 300 bytes). Parse the header with np.lib.format.read_magic / "
-    "read_array_header_{1,2}_0, check shape, dtype and fortran_order against the expected "
-    "ones, then np.frombuffer the rest"))
+# numpy's read_array would allocate the claimed shape before reading (MemoryError for 1e12
+# elements, 200 MiB for 5e7) while the entry is 300 bytes: the header must be checked first.
 @pytest.mark.parametrize("claimed", [(1000000, 1000000), (50_000_000,)])
 def test_load_npy_header_claiming_a_huge_shape(saved, tmp_path, claimed):
     data = npy_with_header(claimed, np.ones((6, 8), np.float32).tobytes())
@@ -986,11 +1024,8 @@ def test_load_npy_header_claiming_a_huge_shape(saved, tmp_path, claimed):
     assert peak < 16 << 20
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG ir._from_json: weights are read for every node before validate() rejects duplicate "
-    "names, so N nodes named alike read the same entry N times (a 1 MiB file costs 64 MiB "
-    "here, and a 16 MiB model.json allows ~10^5 copies). Check names (regex, uniqueness) before "
-    "reading weights, or refuse to read any entry twice"))
+# N nodes named alike would read one entry N times (a 1 MiB file costing 64 MiB here), so
+# names are checked before any weight is read.
 def test_load_duplicate_nodes_do_not_multiply_memory(tmp_path):
     model = ir.make_model("m", (65536,), [("d", "dense", {}, {"kernel": np.ones((65536, 4))})])
     ir.save(model, tmp_path / "m.distill")
@@ -1007,41 +1042,23 @@ def test_load_duplicate_nodes_do_not_multiply_memory(tmp_path):
 
 
 @pytest.mark.parametrize("edit", [
-    pytest.param(lambda d: {**d, "outputs": ["input"]}, id="output_is_input_with_labels",
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "BUG ir.Model.output_shape: outputs ['input'] with nodes present calls "
-                     "self.node('input') -> KeyError (from validate's label check); return "
-                     "input_shape when outputs[0] == INPUT"))),
-    pytest.param(lambda d: edit_node(d, "relu", inputs=[["flat"]]), id="unhashable_input",
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "BUG ir.validate: `node.inputs[0] not in seen` raises TypeError for a "
-                     "JSON list/object; check that inputs and outputs are strings first"))),
-    pytest.param(lambda d: {**d, "outputs": [{"a": 1}]}, id="unhashable_output",
-                 marks=pytest.mark.xfail(strict=True, reason="BUG ir.validate: as above")),
+    # the output is the input: output_shape is the input's, not a node's (no KeyError)
+    pytest.param(lambda d: {**d, "outputs": ["input"]}, id="output_is_input_with_labels"),
+    pytest.param(lambda d: {**d, "outputs": ["input"], "labels": None}, id="output_is_input"),
+    # JSON lists and objects are unhashable: inputs and outputs are checked to be strings first
+    pytest.param(lambda d: edit_node(d, "relu", inputs=[["flat"]]), id="unhashable_input"),
+    pytest.param(lambda d: {**d, "outputs": [{"a": 1}]}, id="unhashable_output"),
+    # an int float-attribute beyond the float range is not finite
     pytest.param(lambda d: edit_node(d, "leaky", attrs={"alpha": 10 ** 400}),
-                 id="huge_int_alpha", marks=pytest.mark.xfail(strict=True, reason=(
-                     "BUG ir.validate: an int float-attribute skips the finiteness check, so "
-                     "alpha=10**400 loads and run() raises OverflowError; convert with "
-                     "float() (catching OverflowError) and check isfinite"))),
+                 id="huge_int_alpha"),
     pytest.param(lambda d: edit_node(d, "to_grid", attrs={"shape": [2.0, 4]}),
-                 id="float_reshape_dims", marks=pytest.mark.xfail(strict=True, reason=(
-                     "BUG ops._reshape_shape: float dims pass validation; run() raises "
-                     "TypeError"))),
+                 id="float_reshape_dims"),
+    # JSON's 1e999 loads as inf, which save() could not write again
     pytest.param(lambda d: json.dumps({**d, "metadata": "X"}).replace('"X"', '{"x": 1e999}'),
-                 id="infinite_metadata", marks=pytest.mark.xfail(strict=True, reason=(
-                     "BUG ir: metadata 1e999 loads as inf, then save() raises ValueError"))),
+                 id="infinite_metadata"),
 ])
 def test_loaded_models_are_usable(saved, tmp_path, edit):
     loads_cleanly_or_rejects(rewrite(saved, tmp_path / "x.distill", doc=edit))
-
-
-def test_output_may_be_the_input_itself(saved, tmp_path):
-    path = rewrite(saved, tmp_path / "x.distill",
-                   doc=lambda d: {**d, "outputs": ["input"], "labels": None})
-    model = loads_cleanly_or_rejects(path)
-    assert model is not None and model.output_shape == (6,)
-    x = np.arange(6, dtype=np.float32)
-    np.testing.assert_array_equal(ir.run(model, x), x)
 
 
 # ------------------------------------------------------------------------------ mutation fuzz
@@ -1056,17 +1073,18 @@ def fuzz_dir(tmp_path_factory) -> tuple[Path, bytes, bytes]:
         return root, data, z.read("model.json")
 
 
+# (what, where, value): `where` is taken modulo the current length
 mutations = st.lists(st.tuples(st.sampled_from(["flip", "set", "truncate", "insert"]),
-                               st.floats(0, 1, exclude_max=True), st.integers(0, 255)),
+                               st.integers(0, 1 << 20), st.integers(0, 255)),
                      min_size=1, max_size=4)
 
 
-def mutate(data: bytes, steps: list[tuple[str, float, int]]) -> bytes:
+def mutate(data: bytes, steps: list[tuple[str, int, int]]) -> bytes:
     buf = bytearray(data)
     for kind, where, value in steps:
         if not buf:
             break
-        i = int(where * len(buf))
+        i = where % len(buf)
         if kind == "flip":
             buf[i] ^= 1 << (value % 8)
         elif kind == "set":
@@ -1078,9 +1096,7 @@ def mutate(data: bytes, steps: list[tuple[str, float, int]]) -> bytes:
     return bytes(buf)
 
 
-# derandomize: until the zip header bugs above are fixed, a random run hits one about one
-# time in three; with a fixed seed the suite stays deterministic.
-@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(steps=mutations)
 def test_mutated_files_load_or_raise_model_format_error(fuzz_dir, steps):
     root, data, _ = fuzz_dir
@@ -1090,10 +1106,10 @@ def test_mutated_files_load_or_raise_model_format_error(fuzz_dir, steps):
 
 
 # Byte mutations almost never get past the zip CRCs, so mutate model.json itself and re-zip.
-@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(steps=mutations)
 def test_mutated_model_json_loads_or_raises_model_format_error(fuzz_dir, steps):
-    root, data, doc = fuzz_dir
+    root, _, doc = fuzz_dir
     path = root / "mutated_json.distill"
     rewrite(root / "base.distill", path, doc=lambda d: mutate(doc, steps))
     loads_cleanly_or_rejects(path)
