@@ -404,26 +404,31 @@ def _run(step: Callable, batches: Sequence[tuple[Any, Any]], n: int) -> float:
 def measure(contenders: dict[str, tuple[Callable, Sequence]], target_s: float,
             repeats: int) -> dict[str, dict[str, float]]:
     """Median seconds per step for each contender; repeats are interleaved across them."""
-    plan = {}
+    fastest = {}  # the fastest seconds per step seen so far, which sets each repeat's N
     for name, (step, batches) in contenders.items():
         _run(step, batches, 20)  # warm up: tf.function traces, caches and allocators settle
         n = 1
-        while _run(step, batches, n) < 0.02:
+        while (t := _run(step, batches, n)) < 0.02:
             n *= 2
-        # The fastest of three calibration runs: one stall must not shrink N for good.
-        t = min(_run(step, batches, n) for _ in range(3))
-        plan[name] = max(1, round(n * target_s / t))
+        fastest[name] = min(t, *(_run(step, batches, n) for _ in range(2))) / n
     samples: dict[str, list[float]] = {name: [] for name in contenders}
+    sizes: dict[str, list[int]] = {name: [] for name in contenders}
     for _ in range(repeats):
         for name, (step, batches) in contenders.items():
-            samples[name].append(_run(step, batches, plan[name]) / plan[name])
+            # N follows the fastest step seen, so a stall during calibration cannot leave a
+            # contender with repeats too short to average anything.
+            n = max(1, round(target_s / fastest[name]))
+            per_step = _run(step, batches, n) / n
+            fastest[name] = min(fastest[name], per_step)
+            samples[name].append(per_step)
+            sizes[name].append(n)
     out = {}
     for name, s in samples.items():
         med = statistics.median(s)
         out[name] = {"us_per_step": med * 1e6, "steps_per_s": 1 / med,
                      "best_us_per_step": min(s) * 1e6,
                      "spread_pct": 100 * (max(s) - min(s)) / med,
-                     "steps_per_repeat": plan[name], "repeats": repeats}
+                     "steps_per_repeat": statistics.median(sizes[name]), "repeats": repeats}
     return out
 
 
@@ -525,7 +530,7 @@ def print_table(w: Workload, results: dict[str, dict[str, float]]) -> None:
     for name, r in results.items():
         print(f"  {name:<20} {r['us_per_step']:>9.1f} {r['steps_per_s']:>8.0f} "
               f"{r['best_us_per_step']:>9.1f} {r['spread_pct']:>6.0f}% "
-              f"{r['steps_per_repeat']:>6} {r['us_per_step'] / base:>13.2f}")
+              f"{r['steps_per_repeat']:>6.0f} {r['us_per_step'] / base:>13.2f}")
 
 
 def ratios(w: Workload, results: dict[str, dict[str, float]]) -> dict[str, Any]:
@@ -536,13 +541,16 @@ def ratios(w: Workload, results: dict[str, dict[str, float]]) -> dict[str, Any]:
                 results[a]["best_us_per_step"] / results[b]["best_us_per_step"])
 
     out: dict[str, Any] = {}
-    med, best = out["distill_over_hand"] = ratio("distill", "hand-written")
+    med, best = ratio("distill", "hand-written")
+    out["distill_over_hand"] = {"median": med, "best": best}
     print(f"  distill / hand-written        = {med:.2f} (best {best:.2f})  "
           f"target <= 1.25: {'met' if med <= 1.25 else 'MISSED'}")
-    med, best = out["distill_over_hand_flat"] = ratio("distill", "hand-written, flat")
+    med, best = ratio("distill", "hand-written, flat")
+    out["distill_over_hand_flat"] = {"median": med, "best": best}
     print(f"  distill / hand-written, flat  = {med:.2f} (best {best:.2f})  for information")
     if "tf.function" in results:
-        med, best = out["distill_over_tf_function"] = ratio("distill", "tf.function")
+        med, best = ratio("distill", "tf.function")
+        out["distill_over_tf_function"] = {"median": med, "best": best}
         faster = med < 1
         verdict = (f"distill {1 / med:.2f}x faster" if faster else f"distill {med:.2f}x slower")
         target = ""
@@ -628,7 +636,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"inter_op {threads['torch']['inter_op']}")
     print(f"timing: median of {repeats} interleaved repeats of N steps "
           f"(~{target_s} s each), after a warm-up; {BATCHES} pre-sliced batches cycled;\n"
-          "  'best' is the fastest repeat, 'spread' is (slowest - fastest) / median")
+          "  'best' is the fastest repeat, 'spread' is (slowest - fastest) / median, "
+          "N the median steps per repeat")
 
     report["workloads"] = {}
     for w in WORKLOADS:
