@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--backend", default="numpy", choices=["numpy", "tensorflow"])
     t.add_argument("--epochs", type=int, help="override the config's epochs")
     t.add_argument("--seed", type=int, help="override the config's seed")
+    t.add_argument("--strategy", choices=["default", "mirrored"],
+                   help="tensorflow only: mirrored trains on all local GPUs")
     t.add_argument("--resume", action="store_true",
                    help="continue from OUT.ckpt, the checkpoint of a run that was stopped")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -74,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", parents=[common], help="emit standalone code for a model",
                        description="Emit standalone inference code with the weights baked in, "
                        f"for each of: {langs}. The output folder is replaced in one step.")
-    e.add_argument("model", help="a .distill file")
+    e.add_argument("model", help="a .distill file, or a Keras .keras/.h5 file")
     e.add_argument("--lang", required=True, help=f"{langs}, a comma-separated list, or all")
     e.add_argument("-o", "--output", required=True, help="output folder (created or replaced)")
     e.add_argument("--name", help="name for the emitted symbols and files (default: model's)")
@@ -88,11 +90,18 @@ def _parser() -> argparse.ArgumentParser:
                        description="Export to a temporary folder with many golden vectors, "
                        "build each target with its real toolchain, run its self-test and "
                        "compare with the reference interpreter. Exit 1 on any mismatch.")
-    v.add_argument("model", help="a .distill file")
+    v.add_argument("model", help="a .distill file, or a Keras .keras/.h5 file")
     v.add_argument("--lang", default="all", help=f"{langs}, a comma-separated list, or all")
     v.add_argument("--name", help="name for the emitted symbols and files")
     v.add_argument("--samples", type=int, default=256, help="inputs compared (default 256)")
     v.set_defaults(run=cmd_verify)
+
+    k = sub.add_parser("import", parents=[common], help="convert a Keras model to .distill",
+                       description="Read a Keras model (.keras or .h5), convert it to the "
+                       "distill IR, check it against Keras's own predictions, and save it.")
+    k.add_argument("model", help="a .keras or .h5 file")
+    k.add_argument("-o", "--output", help="model file to write (default: NAME.distill)")
+    k.set_defaults(run=cmd_import)
 
     r = sub.add_parser("predict", parents=[common], help="run the reference interpreter")
     r.add_argument("model", help="a .distill file")
@@ -101,6 +110,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--classes", action="store_true", help="print class labels, not outputs")
     r.set_defaults(run=cmd_predict)
     return p
+
+
+def _load(path: str) -> ir.Model:
+    """A .distill file, or a Keras file (.keras, .h5) imported on the fly."""
+    from .backends.keras import load_any
+    return load_any(path)
 
 
 # ---------------------------------------------------------------------------------- train
@@ -119,9 +134,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     ckpt = out.with_name(out.name + ".ckpt")
     if args.resume and not ckpt.exists():
         print(f"distill: no checkpoint at {ckpt}; starting from the beginning", file=sys.stderr)
+    options = {"strategy": args.strategy} if args.strategy else {}
+    if args.strategy and args.backend != "tensorflow":
+        raise DistillError("--strategy is for --backend tensorflow")
     result = train(config, args.backend, epochs=args.epochs, seed=args.seed, checkpoint=ckpt,
                    resume=args.resume, verbose=0 if args.quiet else 1,
-                   announce=lambda line: print(line, file=sys.stderr))
+                   announce=lambda line: print(line, file=sys.stderr), **options)
     ir.save(result.model, out)
     stem = out.with_suffix("")
     history = {"epochs": result.history, "steps": result.steps, "final": result.metrics}
@@ -193,7 +211,7 @@ def describe(model: ir.Model) -> dict[str, Any]:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    model = ir.load(args.model)
+    model = _load(args.model)
     info = describe(model)
     if args.json:
         print(json.dumps(info, indent=1))
@@ -239,6 +257,21 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------- import
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .backends.keras import is_keras_file, load_keras
+    if not is_keras_file(args.model):
+        raise DistillError(f"{args.model}: expected a .keras or .h5 file")
+    model = load_keras(args.model)
+    out = Path(args.output or f"{model.name}.distill")
+    ir.save(model, out)
+    figures = ir.stats(model)
+    print(f"imported {args.model}: {len(model.nodes)} nodes, {figures['parameters']:,} "
+          f"parameters; matches Keras's predictions; wrote {out}")
+    return 0
+
+
 # --------------------------------------------------------------------- export and verify
 
 def _langs(spec: str) -> list[str]:
@@ -263,7 +296,7 @@ def _samples(n: int) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .codegen import export
-    model = ir.load(args.model)
+    model = _load(args.model)
     langs = _langs(args.lang)
     written = export(model, langs, Path(args.output), args.name, _samples(args.samples))
     figures = ir.stats(model)
@@ -281,7 +314,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    model = ir.load(args.model)
+    model = _load(args.model)
     return _report(model, _langs(args.lang), args.name, _samples(args.samples))
 
 
@@ -321,7 +354,7 @@ def read_samples(path: str) -> np.ndarray:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    model = ir.load(args.model)
+    model = _load(args.model)
     x = read_samples(args.input)
     if x.shape[1:] != tuple(model.input_shape) and x.shape != tuple(model.input_shape):
         raise DataError(f"{args.input}: samples of shape {x.shape[1:]}, but model "

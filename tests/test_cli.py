@@ -120,8 +120,8 @@ def test_file_errors(tmp_path):
     np.save(tmp_path / "bad.npy", np.zeros((2, 5), np.float32))
     fails("predict", tmp_path / "m.distill", "--input", tmp_path / "bad.npy",
           match="takes (2,)")
-    fails("train", config, "--backend", "tensorflow", "-o", tmp_path / "t.distill",
-          match="tensorflow backend is not available")
+    fails("train", config, "--strategy", "mirrored", "-o", tmp_path / "t.distill",
+          match="--strategy is for --backend tensorflow")
 
 
 def test_debug_shows_the_traceback(tmp_path):

@@ -7,11 +7,10 @@ import subprocess
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 import distill
 from distill.backends import prepare
-
-from conftest import ROOT
 
 
 @pytest.fixture()

@@ -10,14 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT, WORKLOADS
 
 import distill
 from distill import codegen, ir
 from distill.codegen.onnx import LOWERINGS
 from distill.ops import OPS
 from distill.verify import verify
-
-from conftest import ROOT, WORKLOADS
 
 LANGS = codegen.languages()
 GOLDEN = Path(__file__).resolve().parent / "golden"

@@ -1,26 +1,27 @@
 """The six reference workloads (../shared/workloads.md): each example config trains to its bar.
 
-Each trains in seconds on two cores; the reference interpreter's outputs (`ir.run` on the saved
-IR), not the trainer's, are what the bars are checked on.
+Each trains in seconds on two cores. The bars are checked on the reference interpreter's
+outputs (`ir.run` on the trained IR), not the trainer's; `BARS` is shared with the TensorFlow
+backend's tests, so both backends meet the same bars.
 """
 
 import numpy as np
 import pytest
+from conftest import WORKLOADS
 
 import distill
+from distill.backends import prepare
 from distill.data import load_data
 
 pytestmark = pytest.mark.slow
 
 
-def test_blobs(workload):
-    _, result = workload("blobs")
+def blobs(config, result):
     assert result.metrics["test"]["accuracy"] >= 0.98
     assert result.model.labels == ("0", "1")
 
 
-def test_linear_recovers_truth_and_loss_falls_log_linearly(workload):
-    config, result = workload("linear")
+def linear(config, result):
     truth = load_data(config.data, seed=config.seed).truth
     dense = result.model.nodes[0]
     assert np.abs(dense.weights["kernel"] - truth["W"]).max() <= 0.3
@@ -30,12 +31,10 @@ def test_linear_recovers_truth_and_loss_falls_log_linearly(workload):
     # Full-batch gradient descent on a quadratic: the excess over the noise floor shrinks by a
     # constant factor per step, a straight line on a log scale.
     excess = np.log(steps[:50] - steps[-1])
-    r = np.corrcoef(np.arange(50), excess)[0, 1]
-    assert r < -0.99
+    assert np.corrcoef(np.arange(50), excess)[0, 1] < -0.99
 
 
-def test_exp(workload):
-    _, result = workload("exp")
+def exp(config, result):
     grid = np.linspace(0, 1, 100, endpoint=False, dtype=np.float32).reshape(-1, 1)
     assert np.abs(distill.run(result.model, grid) - np.exp(grid)).max() <= 0.01
     assert distill.run(result.model, [0.2])[0] == pytest.approx(1.2214, abs=0.005)
@@ -43,23 +42,30 @@ def test_exp(workload):
         float(np.float32(0.2))] * 3
 
 
-def test_sumprod(workload):
-    _, result = workload("sumprod")
+def sumprod(config, result):
     np.testing.assert_allclose(distill.run(result.model, [0.3, 0.5]), [0.8, 0.15], atol=0.02)
 
 
-def test_digits(workload):
-    _, result = workload("digits")
+def digits(config, result):
     assert result.metrics["test"]["accuracy"] >= 0.95
     assert result.model.nodes[0].op == "normalize"  # standardization travels with the model
     assert result.model.input_shape == (64,)
 
 
-def test_tabular(workload):
-    config, result = workload("tabular")
+def tabular(config, result):
     ds = load_data(config.data, seed=config.seed)
     majority = np.bincount(ds.y).max() / len(ds.y)
     assert result.metrics["test"]["accuracy"] >= majority + 0.3
-    from distill.backends import prepare
     x_test = prepare(config, config.seed).x["test"]
     assert len(np.unique(distill.run(result.model, x_test).argmax(-1))) > 2
+
+
+BARS = {f.__name__: f for f in (blobs, linear, exp, sumprod, digits, tabular)}
+
+
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_workload_reaches_its_bar(workload, name):
+    assert set(BARS) == set(WORKLOADS)
+    config, result = workload(name)
+    assert result.model.metadata["training"]["backend"] == "numpy"
+    BARS[name](config, result)

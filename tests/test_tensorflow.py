@@ -1,0 +1,219 @@
+"""The TensorFlow backend and Keras import: workloads trained with Keras reach their bars and
+export everywhere; Keras models of every supported shape import, export and match
+`model.predict` three ways (Keras, the reference, the exported code).
+
+CI installs TensorFlow, and there nothing here may skip; elsewhere the file skips without it.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import distill
+from distill import codegen
+from distill.verify import verify
+
+if os.environ.get("CI"):
+    import keras
+else:
+    keras = pytest.importorskip("keras")
+
+from conftest import WORKLOADS  # noqa: E402
+
+from distill.backends.keras import import_keras, load_keras  # noqa: E402
+
+LANGS = codegen.languages()
+
+
+@pytest.fixture(scope="module")
+def tf_workload():
+    from conftest import ROOT
+
+    from distill.backends import train
+    from distill.config import load_config
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            config = load_config(ROOT / "examples" / f"{name}.toml")
+            cache[name] = (config, train(config, "tensorflow", verbose=0))
+        return cache[name]
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_workload_on_tensorflow_reaches_its_bar_and_exports(tf_workload, name):
+    from test_workloads import BARS
+    config, result = tf_workload(name)
+    assert result.model.metadata["training"]["backend"] == "tensorflow"
+    BARS[name](config, result)
+    for r in verify(result.model, LANGS, samples=64):
+        assert r.ok, r.line()
+
+
+def three_way(model, tmp_path, suffix=".keras"):
+    """Save, load through distill, export everywhere, and compare each with Keras."""
+    path = tmp_path / f"m{suffix}"
+    model.save(path)
+    imported = load_keras(path)
+    x = np.random.default_rng(3).normal(size=(32, *imported.input_shape)).astype(np.float32)
+    want = model.predict(x, verbose=0)
+    np.testing.assert_allclose(distill.run(imported, x), want, rtol=1e-3, atol=1e-5)
+    for r in verify(imported, LANGS, samples=32):
+        assert r.ok, r.line()
+    out = tmp_path / "numpy"
+    codegen.export(imported, ["numpy"], out)
+    sys.path.insert(0, str(out))
+    try:
+        import importlib
+        module = importlib.import_module(imported.name)
+        np.testing.assert_allclose(module.predict(x), want, rtol=1e-3, atol=1e-5)
+    finally:
+        sys.path.remove(str(out))
+        sys.modules.pop(imported.name, None)
+    return imported
+
+
+def every_activation_sequential():
+    return keras.Sequential([
+        keras.Input((6,)),
+        keras.layers.Normalization(mean=np.arange(6.0), variance=np.arange(1.0, 7.0)),
+        keras.layers.Dense(8, activation="relu"),
+        keras.layers.Dense(8, activation="tanh"),
+        keras.layers.Dense(8, activation="leaky_relu"),        # the string: slope 0.2
+        keras.layers.LeakyReLU(negative_slope=0.07),            # the layer: a custom slope
+        keras.layers.Dense(8),
+        keras.layers.LeakyReLU(),                               # the layer's default, 0.3
+        keras.layers.ReLU(negative_slope=0.01),
+        keras.layers.Dropout(0.5),
+        keras.layers.Dense(8, activation="linear"),
+        keras.layers.Activation("sigmoid"),
+        keras.layers.Reshape((2, 4)),
+        keras.layers.Flatten(),
+        keras.layers.Dense(4, activation="softmax", use_bias=False),
+    ], name="every")
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_sequential_with_every_activation(tmp_path, suffix):
+    imported = three_way(every_activation_sequential(), tmp_path, suffix)
+    slopes = [n.attrs["alpha"] for n in imported.nodes if n.op == "leaky_relu"]
+    assert slopes == [float(np.float32(s)) for s in (0.2, 0.07, 0.3, 0.01)]
+    assert [n.op for n in imported.nodes][:3] == ["normalize", "dense", "relu"]
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_functional_chain(tmp_path, suffix):
+    inp = keras.Input((5,))
+    h = keras.layers.Dense(7, activation="sigmoid", name="hidden")(inp)
+    h = keras.layers.Softmax(axis=-1)(keras.layers.Dense(3, name="logits")(h))
+    three_way(keras.Model(inp, h, name="functional"), tmp_path, suffix)
+
+
+@keras.saving.register_keras_serializable(package="distill_tests")
+class TwoLayers(keras.Model):
+    """The tutorials' subclassed model: layers declared out of order, called as a chain."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.out = keras.layers.Dense(2, activation="softmax")
+        self.hidden = keras.layers.Dense(9, activation="relu")
+
+    def call(self, x):
+        h = self.hidden(x)
+        return self.out(h)
+
+
+def test_subclassed_chain(tmp_path):
+    model = TwoLayers(name="sub")
+    model(np.zeros((1, 4), np.float32))
+    imported = three_way(model, tmp_path)
+    assert [n.op for n in imported.nodes] == ["dense", "relu", "dense", "softmax"]
+    assert imported.nodes[0].weights["kernel"].shape == (4, 9)
+
+
+@keras.saving.register_keras_serializable(package="distill_tests")
+class NotAChain(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.a = keras.layers.Dense(3)
+
+    def call(self, x):
+        return self.a(x) * 2.0  # an op distill cannot see
+
+
+def test_subclassed_model_that_is_not_a_chain_is_refused():
+    model = NotAChain()
+    model(np.zeros((1, 3), np.float32))
+    with pytest.raises(distill.DistillError, match="differs from Keras's predictions"):
+        import_keras(model)
+
+
+def test_branching_functional_model_is_refused():
+    inp = keras.Input((4,))
+    a = keras.layers.Dense(4)(inp)
+    b = keras.layers.Dense(4)(a)
+    out = keras.layers.Dense(2)(keras.layers.Add()([a, b]))
+    with pytest.raises(distill.DistillError, match="inputs|chain"):
+        import_keras(keras.Model(inp, out))
+
+
+def test_unsupported_layers_are_all_listed_and_the_cli_exits_2(tmp_path):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="elu"),
+                              keras.layers.BatchNormalization(name="bn"),
+                              keras.layers.ReLU(max_value=6.0, name="capped"),
+                              keras.layers.Softmax(axis=0, name="sm")])
+    path = tmp_path / "bad.keras"
+    model.save(path)
+    proc = subprocess.run([sys.executable, "-m", "distill.cli", "import", str(path), "-o",
+                           str(tmp_path / "bad.distill")], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip().splitlines()[-1]
+    for fragment in ("'elu'", "'bn' (BatchNormalization)", "max_value=6", "axis 0"):
+        assert fragment in err, err
+    assert not (tmp_path / "bad.distill").exists()
+
+
+def test_keras2_alpha_is_read_when_negative_slope_is_absent():
+    from distill.backends.keras import CONVERTERS
+
+    class OldLeaky:  # what a Keras 2 config carries
+        name = "old"
+
+        def get_config(self):
+            return {"alpha": 0.25}
+    assert CONVERTERS["LeakyReLU"](OldLeaky()) == [("old", "leaky_relu", {"alpha": 0.25}, {})]
+
+
+def test_cli_import_export_and_verify_take_keras_files(tmp_path):
+    path = tmp_path / "every.keras"
+    every_activation_sequential().save(path)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "distill.cli", *map(str, args)],
+                              capture_output=True, text=True, timeout=600)
+    proc = cli("import", path, "-o", tmp_path / "every.distill")
+    assert proc.returncode == 0 and "matches Keras's predictions" in proc.stdout, proc.stderr
+    assert distill.load(tmp_path / "every.distill").name == "every"
+    proc = cli("export", path, "--lang", "c", "-o", tmp_path / "c")
+    assert proc.returncode == 0 and (tmp_path / "c" / "every.c").is_file(), proc.stderr
+    proc = cli("verify", path, "--lang", "go,numpy", "--samples", "20")
+    assert proc.returncode == 0 and proc.stdout.count(" pass ") == 2, proc.stdout
+
+
+def test_cli_trains_on_tensorflow_with_the_mirrored_strategy(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "distill.cli", "train",
+                           "examples/blobs.toml", "--backend", "tensorflow", "--strategy",
+                           "mirrored", "--epochs", "2", "-o", str(tmp_path / "b.distill")],
+                          capture_output=True, text=True, timeout=600,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert proc.returncode == 0, proc.stderr
+    assert "backend tensorflow" in proc.stderr and "devices: CPU" in proc.stderr
+    assert "strategy mirrored" in proc.stderr and "epoch 2/2" in proc.stderr
+    model = distill.load(tmp_path / "b.distill")
+    assert model.metadata["training"]["devices"][0].startswith("CPU")
+    assert (tmp_path / "b.loss.png").is_file()
