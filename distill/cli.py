@@ -245,7 +245,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print()
         training = meta.get("training", {})
         for key, value in meta.items():
-            if key != "training":
+            if key == "samples":
+                print(f"saved samples: {len(value)} (for the exported self-tests)")
+            elif key == "input_range":
+                print("input range: per-feature min and max of the training data "
+                      f"(overall {min(value[0]):g} to {max(value[1]):g})")
+            elif key != "training":
                 print(f"{key}: {value}")
         for key, value in training.items():
             if key == "metrics":
