@@ -18,6 +18,7 @@ What it promises:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -28,7 +29,8 @@ __all__ = [
     "add", "sub", "mul", "div", "neg", "pow", "matmul", "exp", "log", "tanh", "maximum",
     "where", "sum", "mean", "max", "reshape", "transpose", "concatenate", "cast",
     "sigmoid", "relu", "leaky_relu", "softmax", "log_softmax",
-    "softmax_cross_entropy", "sigmoid_cross_entropy",
+    "softmax_cross_entropy", "sigmoid_cross_entropy", "mean_squared_error",
+    "half_sum_squared_error",
     "numerical_gradient", "check_gradients",
 ]
 
@@ -156,18 +158,31 @@ def _lift(x: Any, like: Tensor | None = None) -> Tensor:
     return t
 
 
+def _wrap(data: np.ndarray) -> Tensor:
+    """A Tensor around an array the caller owns, without `Tensor.__init__`'s conversions."""
+    t = Tensor.__new__(Tensor)
+    t.data = data
+    t.requires_grad = False
+    return t
+
+
 def _record(data: np.ndarray, parents: tuple[Tensor, ...], vjp: Callable) -> Tensor:
-    """Wrap an op's result; on an active tape with a tracked parent, remember how to go back."""
+    """Wrap an op's result; on an active tape with a tracked parent, remember how to go back.
+
+    `vjp(g)` returns one gradient per parent, or None for a parent that needs none; it may
+    test `parent.requires_grad` to skip work, and must not write into `g`, which other
+    parents' gradients can share.
+    """
     out = Tensor.__new__(Tensor)
     out.data = data
+    out.requires_grad = False
     if _tapes:
         for p in parents:
             if p.requires_grad:
                 out.requires_grad = True
                 for tape in _tapes:
                     tape._ops.append((out, parents, vjp))
-                return out
-    out.requires_grad = False
+                break
     return out
 
 
@@ -176,15 +191,17 @@ def _unbroadcast(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     if g.shape == shape:
         return g
     lead = g.ndim - len(shape)
-    if lead:
-        g = g.sum(axis=tuple(range(lead)))
-    axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
-    return g.sum(axis=axes, keepdims=True) if axes else g
+    if lead == 1 and g.shape[1:] == shape:  # a bias added to a batch: the usual case
+        return g.sum(axis=0)
+    # One reduction over the broadcast axes: the leading ones and those where `shape` has 1.
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape)
+                                      if n == 1 and g.shape[lead + i] != 1)
+    return g.sum(axis=axes).reshape(shape)
 
 
 def _binary(a: Any, b: Any) -> tuple[Tensor, Tensor]:
     if isinstance(a, Tensor):
-        return a, _lift(b, a)
+        return a, b if isinstance(b, Tensor) else _lift(b, a)
     b = _lift(b)
     return _lift(a, b), b
 
@@ -194,13 +211,15 @@ def _binary(a: Any, b: Any) -> tuple[Tensor, Tensor]:
 def add(a: Any, b: Any) -> Tensor:
     a, b = _binary(a, b)
     return _record(a.data + b.data, (a, b),
-                   lambda g: (_unbroadcast(g, a.shape), _unbroadcast(g, b.shape)))
+                   lambda g: (_unbroadcast(g, a.data.shape) if a.requires_grad else None,
+                              _unbroadcast(g, b.data.shape) if b.requires_grad else None))
 
 
 def sub(a: Any, b: Any) -> Tensor:
     a, b = _binary(a, b)
     return _record(a.data - b.data, (a, b),
-                   lambda g: (_unbroadcast(g, a.shape), _unbroadcast(-g, b.shape)))
+                   lambda g: (_unbroadcast(g, a.data.shape) if a.requires_grad else None,
+                              _unbroadcast(-g, b.data.shape) if b.requires_grad else None))
 
 
 def mul(a: Any, b: Any) -> Tensor:
@@ -244,6 +263,10 @@ def pow(a: Any, b: Any) -> Tensor:
 def matmul(a: Any, b: Any) -> Tensor:
     a, b = _binary(a, b)
     A, B = a.data, b.data
+    if A.ndim == 2 and B.ndim == 2:  # the Dense layer's case, kept free of the general rule
+        return _record(A @ B, (a, b),
+                       lambda g: (g @ B.T if a.requires_grad else None,
+                                  A.T @ g if b.requires_grad else None))
 
     def vjp(g):
         if A.ndim == 1 and B.ndim == 1:
@@ -310,23 +333,37 @@ def _axes(axis, ndim: int) -> tuple[int, ...]:
     return tuple(sorted(x % ndim for x in axis))
 
 
+def _kept(shape: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of a reduction over `axes` with keepdims: what its gradient reshapes to."""
+    return tuple(1 if i in axes else n for i, n in enumerate(shape))
+
+
+def _spread(g: np.ndarray, kept: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """A reduction's gradient `g` copied back over the reduced axes: `shape` from `kept`.
+    (np.broadcast_to gives the same values, read only, at twice the cost on small arrays.)"""
+    out = np.empty(shape, g.dtype)
+    out[...] = g.reshape(kept)
+    return out
+
+
 def sum(a: Any, axis=None, keepdims: bool = False) -> Tensor:
     a = _lift(a)
-    shape = a.shape
-    axes = _axes(axis, a.ndim)
-
-    def vjp(g):
-        if not keepdims:
-            g = np.expand_dims(g, axes)
-        return (np.broadcast_to(g, shape),)
-    return _record(np.sum(a.data, axis=axes, keepdims=keepdims), (a,), vjp)
+    x = a.data
+    axes = _axes(axis, x.ndim)
+    kept = _kept(x.shape, axes)
+    return _record(x.sum(axis=axes, keepdims=keepdims), (a,),
+                   lambda g: (_spread(g, kept, x.shape),))
 
 
 def mean(a: Any, axis=None, keepdims: bool = False) -> Tensor:
+    """`sum(a) * (1 / count)`, rounded as that composition is, as one op."""
     a = _lift(a)
-    axes = _axes(axis, a.ndim)
-    count = int(np.prod([a.shape[i] for i in axes]))
-    return mul(sum(a, axes, keepdims), 1.0 / count)
+    x = a.data
+    axes = _axes(axis, x.ndim)
+    kept = _kept(x.shape, axes)
+    total = x.sum(axis=axes, keepdims=keepdims)
+    c = np.asarray(1.0 / math.prod(x.shape[i] for i in axes), total.dtype)
+    return _record(total * c, (a,), lambda g: (_spread(g * c, kept, x.shape),))
 
 
 def max(a: Any, axis=None, keepdims: bool = False) -> Tensor:
@@ -383,34 +420,56 @@ def cast(a: Any, dtype: Any) -> Tensor:
 # backward); it is written as one op with its own gradient because small networks spend their
 # time in per-op overhead, and because the fused forms are the numerically stable ones.
 
+# NOTE: the forward results of sigmoid, relu, leaky_relu and softmax define what exported code
+# must compute (the reference interpreter runs them), so any rewrite of their forward pass must
+# stay bit for bit the same; a test holds them to that. Their gradients are free to change.
+
 def sigmoid(a: Any) -> Tensor:
     a = _lift(a)
     x = a.data
     e = np.exp(-np.abs(x))  # never overflows
-    out = np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
-    return _record(out, (a,), lambda g: (g * out * (1 - out),))
+    # 1 / (1 + e) for x >= 0 and e / (1 + e) below, with one division. The numerator
+    # max(sign(x), e) is 1 for x >= 0 (e <= 1 there) and e below, as np.where(x >= 0, 1, e)
+    # would give, several times faster.
+    out = np.maximum(np.sign(x), e)
+    out /= 1 + e
+
+    def vjp(g):
+        d = 1 - out
+        d *= out
+        d *= g
+        return (d,)
+    return _record(out, (a,), vjp)
 
 
 def relu(a: Any) -> Tensor:
     a = _lift(a)
-    x = a.data
-    return _record(np.maximum(x, 0), (a,), lambda g: (g * (x > 0),))
+    out = np.maximum(a.data, 0)
+    # sign(out) is 1 where x > 0 and 0 elsewhere (at 0 too), and a float factor multiplies
+    # faster than the boolean x > 0.
+    return _record(out, (a,), lambda g: (g * np.sign(out),))
 
 
 def leaky_relu(a: Any, alpha: float = 0.2) -> Tensor:
     a = _lift(a)
     x = a.data
     slope = np.asarray(alpha, x.dtype)
-    pos = x > 0
-    return _record(np.where(pos, x, x * slope), (a,), lambda g: (np.where(pos, g, g * slope),))
+    # A factor that is 1 where x > 0 and slope elsewhere serves forward and backward alike;
+    # x * 1 is exact, so x * scale equals where(x > 0, x, x * slope) bit for bit.
+    if 0 < slope <= 1:
+        scale = np.fmax(np.sign(x), slope)  # several times faster than np.where; fmax skips NaN
+    else:
+        scale = np.where(x > 0, np.asarray(1, x.dtype), slope)
+    return _record(x * scale, (a,), lambda g: (g * scale,))
 
 
 def softmax(a: Any, axis: int = -1) -> Tensor:
     a = _lift(a)
-    e = np.exp(a.data - np.max(a.data, axis=axis, keepdims=True))
-    out = e / np.sum(e, axis=axis, keepdims=True)
+    x = a.data
+    out = np.exp(x - x.max(axis=axis, keepdims=True))
+    out /= out.sum(axis=axis, keepdims=True)
     return _record(out, (a,),
-                   lambda g: (out * (g - np.sum(g * out, axis=axis, keepdims=True)),))
+                   lambda g: (out * (g - (g * out).sum(axis=axis, keepdims=True)),))
 
 
 def log_softmax(a: Any, axis: int = -1) -> Tensor:
@@ -421,17 +480,57 @@ def log_softmax(a: Any, axis: int = -1) -> Tensor:
                    lambda g: (g - np.exp(out) * np.sum(g, axis=axis, keepdims=True),))
 
 
-def softmax_cross_entropy(logits: Any, labels: Any, axis: int = -1) -> Tensor:
-    """Per-sample `-sum(labels * log_softmax(logits))`; finite for any finite logits."""
+def softmax_cross_entropy(logits: Any, labels: Any, axis: int = -1,
+                          reduction: str = "none") -> Tensor:
+    """Per-sample `-sum(labels * log_softmax(logits))`, or with `reduction="mean"` its mean
+    over the samples as one op (what a loss takes); finite for any finite logits."""
+    if reduction not in ("none", "mean"):
+        raise ValueError(f"reduction must be 'none' or 'mean', got {reduction!r}")
     a = _lift(logits)
-    t = _as_array(labels).astype(a.dtype, copy=False)
-    z = a.data - np.max(a.data, axis=axis, keepdims=True)
-    logp = z - np.log(np.sum(np.exp(z), axis=axis, keepdims=True))
+    x = a.data
+    t = _as_array(labels).astype(x.dtype, copy=False)
+    z = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    total = e.sum(axis=axis, keepdims=True)
+    logp = z - np.log(total)
+    if reduction == "mean":
+        # One sum over every entry: NumPy reduces short rows (a few classes) slowly.
+        c = np.asarray(1.0 / math.prod(total.shape), x.dtype)
+        out, per_sample = -(t * logp).sum() * c, lambda g: g * c
+    else:
+        out, per_sample = -(t * logp).sum(axis=axis), lambda g: g.reshape(total.shape)
 
     def vjp(g):
-        g = np.expand_dims(g, axis)
-        return (g * (np.exp(logp) * np.sum(t, axis=axis, keepdims=True) - t),)
-    return _record(-np.sum(t * logp, axis=axis), (a,), vjp)
+        # softmax * sum(labels) - labels: the labels need not sum to 1.
+        d = e / total
+        d *= t.sum(axis=axis, keepdims=True)
+        d -= t
+        d *= per_sample(g)  # each sample's share of the incoming gradient
+        return (d,)
+    return _record(out, (a,), vjp)
+
+
+def _sum_of_squares(pred: Any, target: Any, per_entry: bool) -> Tensor:
+    """c * sum(d * d) with d = pred - target and c = 1 / d.size (`per_entry`) or
+    0.5 / batch, as one op. `target` is data, like the cross-entropies' labels: it gets no
+    gradient and takes pred's dtype."""
+    a = _lift(pred)
+    d = a.data - _as_array(target).astype(a.data.dtype, copy=False)
+    c = np.asarray(1.0 / d.size if per_entry else 0.5 / a.data.shape[0], d.dtype)
+    # Rounded as the composition `sum(d * d) * c` is; its gradient, (g*c)*d once for each
+    # factor of d * d, is d * (2 * (g*c)) exactly, since doubling is exact.
+    return _record((d * d).sum() * c, (a,),
+                   lambda g: (_unbroadcast(d * (2 * (g * c)), a.data.shape),))
+
+
+def mean_squared_error(pred: Any, target: Any) -> Tensor:
+    """mean((pred - target)^2) over every entry: `mean(d * d)` as one op."""
+    return _sum_of_squares(pred, target, per_entry=True)
+
+
+def half_sum_squared_error(pred: Any, target: Any) -> Tensor:
+    """0.5 * sum((pred - target)^2) / batch, the batch being pred's first axis, as one op."""
+    return _sum_of_squares(pred, target, per_entry=False)
 
 
 def sigmoid_cross_entropy(logits: Any, labels: Any) -> Tensor:
@@ -485,10 +584,13 @@ class Tape:
         self._spent = not self.persistent
         seed = (np.ones_like(target.data) if output_gradients is None
                 else _as_array(output_gradients, target.dtype))
-        wanted = {id(t) for t in _flatten(sources)}
+        plain = type(sources) is list and all(isinstance(t, Tensor) for t in sources)
+        wanted = {id(t) for t in (sources if plain else _flatten(sources))}
         grads: dict[int, np.ndarray] = {id(target): seed}
         for out, parents, vjp in reversed(self._ops):
             key = id(out)
+            # An op's output gradient is complete once reached (the tape is in execution
+            # order), so drop it, unless it is asked for.
             g = grads.get(key) if key in wanted else grads.pop(key, None)
             if g is None:
                 continue
@@ -507,8 +609,13 @@ class Tape:
             g = grads.get(id(t))
             if g is None:
                 return None
-            return Tensor(np.array(g, dtype=t.data.dtype) if not g.flags.writeable
-                          or g.shape != t.shape else g)
+            # A read-only gradient (a view of something read-only) is copied, so the caller
+            # gets arrays it can write to.
+            if not g.flags.writeable or g.shape != t.data.shape:
+                g = np.array(g, dtype=t.data.dtype)
+            return _wrap(g)
+        if plain:
+            return [result(t) for t in sources]  # the usual case, without the recursion
         return _map_structure(result, sources)
 
 

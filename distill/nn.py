@@ -401,8 +401,7 @@ class MeanSquaredError(Loss):
     name = "mean_squared_error"
 
     def __call__(self, y_true, y_pred):
-        d = y_pred - y_true
-        return ad.mean(d * d)
+        return ad.mean_squared_error(y_pred, y_true)
 
 
 class HalfSumSquaredError(Loss):
@@ -411,8 +410,7 @@ class HalfSumSquaredError(Loss):
     name = "half_sum_squared_error"
 
     def __call__(self, y_true, y_pred):
-        d = y_pred - y_true
-        return ad.sum(d * d) * (0.5 / y_pred.shape[0])
+        return ad.half_sum_squared_error(y_pred, y_true)
 
 
 class MeanAbsoluteError(Loss):
@@ -453,7 +451,7 @@ class CategoricalCrossentropy(Loss):
         return -ad.mean(ad.sum(ad.log(p) * np.asarray(y_true, dtype=p.dtype), axis=-1))
 
     def from_logits_loss(self, y_true, logits):
-        return ad.mean(ad.softmax_cross_entropy(logits, y_true))
+        return ad.softmax_cross_entropy(logits, y_true, reduction="mean")
 
 
 class SparseCategoricalCrossentropy(CategoricalCrossentropy):
@@ -732,6 +730,7 @@ class Sequential:
             if not layer.built:
                 layer.build(shape, self.rng)
             shape = layer.output_shape
+        _pack(self.trainable_variables)  # one buffer: the optimizer updates it in one pass
 
     def get_layer(self, name: str) -> Layer:
         for layer in self.layers:
@@ -746,7 +745,7 @@ class Sequential:
 
     @property
     def trainable_variables(self) -> list[Variable]:
-        return [v for v in self.variables if v.trainable]
+        return [v for layer in self.layers for v in layer.variables if v.trainable]
 
     def get_weights(self) -> list[np.ndarray]:
         return [w for layer in self.layers for w in layer.get_weights()]
@@ -977,6 +976,20 @@ class Sequential:
             except (KeyError, ValueError, TypeError, OSError) as e:
                 raise ModelFormatError(f"{path}: checkpoint is unusable ({e}); delete it to "
                                        "start over") from None
+
+
+def _pack(variables: list[Variable]) -> None:
+    """Move the variables' values into one buffer, each variable a view of its own stretch, in
+    order: an optimizer then updates them all with one pass of its rule (see `optim`)."""
+    if not variables or len({v.data.dtype for v in variables}) > 1:
+        return
+    buf = np.empty(sum(v.data.size for v in variables), variables[0].data.dtype)
+    at = 0
+    for v in variables:
+        view = buf[at:at + v.data.size].reshape(v.data.shape)
+        view[...] = v.data
+        v.data = view
+        at += view.size
 
 
 def _jsonable(x: Any) -> Any:

@@ -66,7 +66,13 @@ CASES = [
     ("softmax", lambda a: ad.softmax(a) * W35, [r(3, 5)]),
     ("softmax_axis0", lambda a: ad.softmax(a, axis=0) * W35, [r(3, 5)]),
     ("log_softmax", lambda a: ad.log_softmax(a) * W45, [r(4, 5)]),
+    ("leaky_relu_steep", lambda a: ad.leaky_relu(a, 1.5), [r(3, 4)]),
     ("softmax_ce", lambda a: ad.softmax_cross_entropy(a, onehot), [r(4, 5)]),
+    ("softmax_ce_mean", lambda a: ad.softmax_cross_entropy(a, onehot * 0.7, reduction="mean"),
+     [r(4, 5)]),
+    ("mean_squared_error", lambda a: ad.mean_squared_error(a, W35), [r(3, 5)]),
+    ("mean_squared_error_bcast", lambda a: ad.mean_squared_error(a, W35), [r(3, 1)]),
+    ("half_sum_squared_error", lambda a: ad.half_sum_squared_error(a, W35), [r(3, 5)]),
     ("sigmoid_ce", lambda a: ad.sigmoid_cross_entropy(a, B32), [r(3, 2)]),
 ]
 
@@ -207,6 +213,73 @@ def test_fused_ops_equal_their_composition():
         np.testing.assert_allclose(fused(Tensor(x)).numpy(), composed(Tensor(x)).numpy(),
                                    rtol=1e-12, atol=1e-12, err_msg=name)
         np.testing.assert_allclose(gf, gc, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_squared_errors_equal_their_composition(dtype):
+    # Forward rounded exactly as the composition; the gradient too (doubling is exact).
+    composed = {
+        ad.mean_squared_error: lambda p, t: ad.mean((p - t) * (p - t)),
+        ad.half_sum_squared_error: lambda p, t: ad.sum((p - t) * (p - t)) * (0.5 / p.shape[0]),
+    }
+    for shape, target_shape in [((100, 1), (100, 1)), ((7, 3), (7, 3)), ((5, 4), (4,)),
+                                ((64,), (64,))]:
+        pred, target = r(*shape).astype(dtype), r(*target_shape).astype(dtype)
+        for fused, plain in composed.items():
+            (gf,), (gc,) = (grad_of(lambda p, f=f, t=target: f(p, t), pred)
+                            for f in (fused, plain))
+            yf, yc = fused(Tensor(pred), target), plain(Tensor(pred), Tensor(target))
+            assert yf.dtype == dtype and yf.numpy() == yc.numpy(), fused.__name__
+            np.testing.assert_array_equal(gf, gc, err_msg=fused.__name__)
+
+
+def test_mean_cross_entropy_equals_the_mean_of_per_sample_ones():
+    x, labels = r(6, 5), np.eye(5)[[0, 3, 1, 4, 4, 2]] * 0.8  # labels need not sum to 1
+    fused = lambda a: ad.softmax_cross_entropy(a, labels, reduction="mean")  # noqa: E731
+    plain = lambda a: ad.mean(ad.softmax_cross_entropy(a, labels))  # noqa: E731
+    assert fused(Tensor(x)).numpy() == pytest.approx(plain(Tensor(x)).numpy(), rel=1e-14)
+    np.testing.assert_allclose(grad_of(fused, x)[0], grad_of(plain, x)[0], rtol=1e-14)
+    with pytest.raises(ValueError, match="reduction"):
+        ad.softmax_cross_entropy(x, labels, reduction="sum")
+
+
+SPECIALS = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 1e-38, -1e-38, 3e38, -3e38,
+            88.7, -88.7, -104.0, 1.0, -1.0, 17.0, -17.0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_activation_forwards_are_the_reference_formulas_bit_for_bit(dtype):
+    # These forwards define what exported code must compute: a faster rewrite must not move a
+    # single bit (NaN payloads aside).
+    def sigmoid(x):
+        e = np.exp(-np.abs(x))
+        return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+
+    def leaky(x, alpha):
+        return np.where(x > 0, x, x * np.asarray(alpha, x.dtype))
+
+    def softmax(x, axis):
+        e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+        return e / np.sum(e, axis=axis, keepdims=True)
+
+    def same(got, want):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        nan = np.isnan(want)
+        assert np.array_equal(np.isnan(got), nan)
+        bits = f"i{want.itemsize}"
+        assert np.array_equal(got[~nan].view(bits), want[~nan].view(bits))
+
+    gen = np.random.default_rng(7)
+    with np.errstate(all="ignore"):
+        for scale in (1.0, 30.0, 1e30):
+            x = np.concatenate([gen.standard_normal(20000) * scale, SPECIALS]).astype(dtype)
+            same(ad.sigmoid(x).numpy(), sigmoid(x))
+            same(ad.relu(x).numpy(), np.maximum(x, 0))
+            for alpha in (0.2, float(np.float32(0.2)), 0.3, 1.0, 1e-30, 0.0, -0.5, 2.0):
+                same(ad.leaky_relu(x, alpha).numpy(), leaky(x, alpha))
+            z = (gen.standard_normal((40, 7)) * scale).astype(dtype)
+            for axis in (-1, 0):
+                same(ad.softmax(z, axis).numpy(), softmax(z, axis))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -79,6 +79,103 @@ def test_optimizer_matches_update_rule_for_three_steps(opt, expected):
     assert opt.iterations == 3
 
 
+OPTIMIZERS = [lambda: optim.SGD(0.1), lambda: optim.SGD(0.1, momentum=0.9),
+              lambda: optim.SGD(0.1, momentum=0.9, nesterov=True), lambda: optim.Adam(0.01),
+              lambda: optim.RMSprop(0.01), lambda: optim.RMSprop(0.01, momentum=0.5)]
+SHAPES = [(3, 4), (4,), (4, 2), (2,)]
+
+
+def packed_variables(values):
+    vs = [Variable(v) for v in values]
+    nn._pack(vs)
+    return vs
+
+
+@pytest.mark.parametrize("make", OPTIMIZERS)
+def test_one_pass_over_packed_variables_gives_the_same_bits(make):
+    # Variables sharing one buffer are updated with one pass of the rule; variables of their
+    # own, one by one. Elementwise rules must give the same bits either way.
+    gen = np.random.default_rng(0)
+    values = [gen.normal(size=s).astype(np.float32) for s in SHAPES]
+    grads = [[gen.normal(size=s).astype(np.float32) for s in SHAPES] for _ in range(4)]
+    separate, packed = [Variable(v) for v in values], packed_variables(values)
+    assert packed[0].data.base is packed[3].data.base
+    opt_s, opt_p = make(), make()
+    for gs in grads:
+        opt_s.apply_gradients(zip(gs, separate))
+        opt_p.apply_gradients(zip(gs, packed))
+    assert opt_p._packed is not None and opt_s._packed is None
+    for a, b in zip(separate, packed):
+        assert np.array_equal(a.numpy(), b.numpy())
+    for (_, a), (_, b) in zip(sorted(opt_s.get_state(separate)[1].items()),
+                              sorted(opt_p.get_state(packed)[1].items())):
+        assert np.array_equal(a, b)
+
+
+def test_gradients_of_another_dtype_are_cast_first():
+    # A float64 gradient for a float32 variable is rounded to float32, then the rule runs in
+    # float32, packed or not.
+    gen = np.random.default_rng(2)
+    values = [gen.normal(size=s).astype(np.float32) for s in SHAPES]
+    grads = [gen.normal(size=s) for s in SHAPES]
+    for vs in ([Variable(v) for v in values], packed_variables(values)):
+        optim.SGD(0.1).apply_gradients(zip(grads, vs))
+        for v, w, g in zip(vs, values, grads):
+            assert v.dtype == np.float32
+            assert np.array_equal(v.numpy(), w - np.float32(0.1) * g.astype(np.float32))
+
+
+def test_packed_updates_survive_skipped_gradients_state_restore_and_rebinding():
+    gen = np.random.default_rng(1)
+    values = [gen.normal(size=s) for s in SHAPES]  # float64 this time
+    steps = [[gen.normal(size=s) for s in SHAPES] for _ in range(6)]
+    steps[2][1] = None  # a variable the loss did not reach: skipped, so one by one this step
+    ref, vs = [Variable(v) for v in values], packed_variables(values)
+    opt_ref, opt = optim.Adam(0.05), optim.Adam(0.05)
+    for i, gs in enumerate(steps):
+        opt_ref.apply_gradients(zip(gs, ref))
+        opt.apply_gradients(zip(gs, vs))
+        if i == 3:  # checkpoint and resume into fresh packed variables and a fresh optimizer
+            facts, arrays = opt.get_state(vs)
+            weights = [v.numpy().copy() for v in vs]
+            vs = packed_variables(weights)
+            opt = optim.Adam(0.05)
+            opt.set_state(vs, facts, {k: a.copy() for k, a in arrays.items()})
+        if i == 4:  # something rebinds a variable's array: that variable leaves the buffer
+            vs[0].data = vs[0].data.copy()
+    assert opt.iterations == 6
+    for a, b in zip(ref, vs):
+        assert np.array_equal(a.numpy(), b.numpy())
+
+
+def test_a_built_model_keeps_its_weights_in_one_buffer():
+    m = nn.Sequential([nn.Dense(3, input_shape=(2,)), nn.Dense(2, activation="relu")], seed=0)
+    m.build()
+    kernel = m.layers[0].kernel
+    assert all(v.data.base is kernel.data.base for v in m.trainable_variables)
+    weights = [w + 1 for w in m.get_weights()]
+    m.set_weights(weights)
+    for got, want in zip(m.get_weights(), weights):
+        assert np.array_equal(got, want)
+    assert kernel.data.base is m.layers[1].bias.data.base  # assigned in place, still packed
+
+
+def test_packed_and_unpacked_models_train_to_the_same_bits():
+    x, y = blobs()
+    runs = []
+    for packed in (True, False):
+        m = small_model(seed=5)
+        m.build((2,))
+        if not packed:
+            for v in m.trainable_variables:
+                v.data = v.data.copy()  # each variable an array of its own again
+        m.fit(x, y, epochs=2, batch_size=32)
+        assert (m.optimizer._packed is not None) == packed
+        runs.append(m.get_weights())
+    for a, b in zip(*runs):
+        assert np.array_equal(a, b)
+
+
 def test_schedules():
     exp = optim.ExponentialDecay(0.1, decay_steps=10, decay_rate=0.5)
     assert exp(0) == 0.1 and exp(10) == pytest.approx(0.05) and exp(5) == pytest.approx(
