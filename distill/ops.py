@@ -67,8 +67,9 @@ def _dense_shape(s: Shape, attrs, w) -> Shape:
     macs=lambda i, o: prod(i[:-1]) * i[-1] * o[-1])
 def dense(x, attrs, w):
     """y = x @ kernel + bias, kernel (inputs, units) as in Keras; acts on the last axis."""
-    y = ad.matmul(x, w["kernel"])
-    return y + w["bias"] if "bias" in w else y
+    if "bias" in w:
+        return ad.affine(x, w["kernel"], w["bias"])
+    return ad.matmul(x, w["kernel"])
 
 
 @op("normalize", weights=("mean", "std"))

@@ -40,6 +40,8 @@ CASES = [
     ("matmul_mat_vec", lambda a, b: a @ b, [r(3, 4), r(4)]),
     ("matmul_vec_vec", lambda a, b: a @ b, [r(4), r(4)]),
     ("matmul_batched_bcast", lambda a, b: a @ b, [r(2, 3, 4), r(4, 2)]),
+    ("affine", lambda a, b, c: ad.affine(a, b, c), [r(3, 4), r(4, 5), r(5)]),
+    ("affine_3d", lambda a, b, c: ad.affine(a, b, c), [r(2, 3, 4), r(4, 5), r(5)]),
     ("exp", lambda a: ad.exp(a), [r(3, 3)]),
     ("log", lambda a: ad.log(a), [pos(3, 3)]),
     ("tanh", lambda a: ad.tanh(a), [r(3, 3)]),
@@ -84,7 +86,7 @@ def test_gradient_matches_central_difference(name, fn, arrays):
 
 def test_every_primitive_and_composite_is_covered():
     covered = {c[0].split("_")[0] for c in CASES} | {c[0] for c in CASES}
-    for op in ["add", "sub", "mul", "div", "neg", "pow", "matmul", "exp", "log", "tanh",
+    for op in ["add", "sub", "mul", "div", "neg", "pow", "matmul", "affine", "exp", "log", "tanh",
                "maximum", "where", "sum", "mean", "max", "reshape", "transpose", "getitem",
                "concatenate", "sigmoid", "relu", "leaky_relu", "softmax", "log_softmax"]:
         assert op in covered, op
