@@ -391,3 +391,101 @@ def test_verify_catches_a_wrong_template(tmp_path, monkeypatch):
                                       ("act", "relu", {}, {})])
     (c_result,) = verify(model, ["c"], samples=8)
     assert not c_result.ok and c_result.max_abs > 1e-3
+
+
+# ---------------------------------------------------------------- big models: speed and blobs
+
+def test_fast_float_formatting_is_float_literal_for_every_value():
+    """float_lines formats whole arrays at once; it must write exactly what float_literal
+    writes for each value (shortest round-trip text), at every magnitude."""
+    from distill.codegen.render import float_lines, float_literal, float_literals
+    rng = np.random.default_rng(7)
+    bits = rng.integers(0, 2**32, size=200_000, dtype=np.uint64).astype(np.uint32)
+    values = bits.view(np.float32)
+    values = np.concatenate([values[np.isfinite(values)], EDGE,
+                             rng.normal(0, 0.05, 50_000).astype(np.float32),
+                             np.float32([1e-4, 9.99999e-5, 1e6, 999999.94, 1e7, 1.0, -1.0])])
+    assert float_literals(values) == [float_literal(v) for v in values]
+    for suffix, indent, neg_zero in (("f", "    ", None), ("", "\t", "negZero")):
+        lines = float_lines(values[:3000], suffix, 96, indent, neg_zero).split("\n")
+        assert all(len(line.expandtabs(1)) <= 96 and line.endswith(",") for line in lines)
+        items = [t.strip() for line in lines for t in line.split(",") if t.strip()]
+        want = [neg_zero if neg_zero and t == "-0.0" else t + suffix
+                for t in map(float_literal, values[:3000])]
+        assert items == want
+
+
+def test_unknown_weight_storage_is_an_error(tmp_path):
+    with pytest.raises(distill.DistillError, match="weight storage"):
+        codegen.render(tiny_model(), "c", weights="pickle")
+    with pytest.raises(distill.DistillError, match="weight storage"):
+        codegen.export(tiny_model(), ["c"], tmp_path / "x", weights="pickle")
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("model", [*every_op_models(), tiny_model()], ids=lambda m: m.name)
+def test_blob_weights_are_bit_exact_and_pass_the_self_tests(model, tmp_path):
+    """weights="blob": C reads 32-bit words through a union, Go an embedded file; the same
+    bits as the IR, and the same self-tests pass."""
+    from distill.verify import run_self_test
+    for lang in ("c", "go", "numpy"):
+        folder = tmp_path / lang
+        paths = codegen.export(model, [lang], folder, samples=8, weights="blob")
+        target = codegen.text_targets()[lang]
+        result = run_self_test(lang, folder, codegen.export_name(model, target, None))
+        assert result.ok and result.samples == 8, result.line()
+        if lang == "go":
+            assert (folder / f"{model.name}.weights") in paths
+            assert subprocess.run(["gofmt", "-l", "."], cwd=folder, capture_output=True,
+                                  text=True, check=True).stdout == ""
+    edge = ir.make_model("edge", (len(EDGE),), [
+        ("d", "dense", {}, {"kernel": np.diag(EDGE) + 0.0, "bias": EDGE})])
+    edge.node("d").weights["kernel"][0, 0] = -0.0
+    for lang, dump in (("c", weight_bits_c), ("go", weight_bits_go)):
+        folder = tmp_path / f"edge_{lang}"
+        codegen.export(edge, [lang], folder, samples=2, weights="blob")
+        ctx = codegen.context(edge, codegen.text_targets()[lang], None, 1, "blob")
+        expected = {w["ident"]: w["values"].reshape(-1).view(np.uint32) for w in ctx["weights"]}
+        got = dump(folder, "edge", list(expected)) if lang == "c" else dump(folder,
+                                                                             list(expected))
+        for ident, bits in expected.items():
+            assert np.array_equal(got[ident], bits), (lang, ident)
+
+
+def test_blob_c_is_clean_c99(tmp_path):
+    codegen.export(tiny_model(), ["c"], tmp_path / "c", weights="blob")
+    subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-Wshadow",
+                    "-Wconversion", "-Wdouble-promotion", "-c", "tiny.c"], cwd=tmp_path / "c",
+                   check=True)
+
+
+def odd_mlp() -> ir.Model:
+    """Sizes that fill no vector evenly: remainders everywhere in the tiled kernels."""
+    rng = np.random.default_rng(3)
+    sizes, acts = (37, 21, 13, 5), ("tanh", "leaky_relu", "softmax")
+    layers = []
+    for k, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        layers.append((f"d{k}", "dense", {}, {"kernel": rng.normal(size=(a, b)).astype(np.float32),
+                                             "bias": rng.normal(size=b).astype(np.float32)}))
+        layers.append((f"a{k}", acts[k], {"alpha": 0.3} if acts[k] == "leaky_relu" else {}, {}))
+    return ir.make_model("odd", (sizes[0],), layers)
+
+
+@pytest.mark.parametrize("flags", [["-O0"], ["-O2"], ["-O3", "-march=native"]],
+                         ids=lambda f: " ".join(f))
+def test_c_batch_equals_single_sample_bit_for_bit(flags, tmp_path):
+    """predict_batch runs tiles of samples through vectorized loops and the rest one by one;
+    the self-test compares it with predict by memcmp, here under every optimization level
+    (vectorizers must not change the order of any sum) and the strictest warnings."""
+    for model in [*every_op_models(), odd_mlp()]:
+        folder = tmp_path / model.name
+        codegen.export(model, ["c"], folder, samples=5)
+        build = subprocess.run(["gcc", "-std=c99", *flags, "-Wall", "-Wextra", "-Wpedantic",
+                                "-Werror", "-Wshadow", "-Wconversion", "-Wdouble-promotion",
+                                "-o", "t", f"{model.name}_test.c", f"{model.name}.c", "-lm"],
+                               cwd=folder, capture_output=True, text=True)
+        if build.returncode and "-march=native" in flags and "march" in build.stderr:
+            pytest.skip("this gcc cannot target the host CPU")
+        assert build.returncode == 0, build.stderr
+        run = subprocess.run(["./t"], cwd=folder, capture_output=True, text=True)
+        assert run.returncode == 0 and "PASS" in run.stdout, run.stdout + run.stderr

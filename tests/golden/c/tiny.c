@@ -21,8 +21,14 @@
 
 /*
  * Sums run in a fixed order: each output starts from its bias and adds input i's product for
- * i = 0, 1, 2, ... in turn. exp and tanh are computed in double and rounded to float.
+ * i = 0, 1, 2, ... in turn, one rounding per operation; products are never fused into FMAs
+ * (GCC does not contract in ISO C mode, -std=c99; clang is told so below). exp and tanh are
+ * computed in double and rounded to float. tiny_predict_batch computes each value with
+ * the same operations in the same order as tiny_predict, so the two agree bit for bit.
  */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
 
 static const float tiny_hidden_bias[3] = {
     0.0f, 0.25f, -1.5f,
@@ -67,6 +73,7 @@ int tiny_predict_ws(const float *input, float *output, float *workspace)
         for (i = 0; i < 2; ++i) {
             const float xi = x[i];
             const float *restrict w = tiny_hidden_kernel + i * 3;
+
             for (j = 0; j < 3; ++j) {
                 y[j] += xi * w[j];
             }
@@ -91,6 +98,7 @@ int tiny_predict_ws(const float *input, float *output, float *workspace)
         for (i = 0; i < 3; ++i) {
             const float xi = x[i];
             const float *restrict w = tiny_out_kernel + i * 2;
+
             for (j = 0; j < 2; ++j) {
                 y[j] += xi * w[j];
             }
@@ -128,17 +136,155 @@ int tiny_predict(const float *input, float *output)
     return tiny_predict_ws(input, output, workspace);
 }
 
+/*
+ * 16 samples at a time, feature-major: value f of sample k sits at [f * 16 + k], so
+ * the loops below run over 16 adjacent samples and compile to vector instructions. The
+ * buffers are separate arrays so that the compiler can see that they never overlap.
+ */
+static void tiny_tile(const float *rows, float *results)
+{
+    float input[32];
+    float output[32];
+    float ws0[48];
+    float ws1[32];
+    size_t i;
+    size_t k;
+
+    for (k = 0; k < 16; ++k) {
+        for (i = 0; i < 2; ++i) {
+            input[i * 16 + k] = rows[k * 2 + i];
+        }
+    }
+
+    /* hidden: dense, 2 inputs -> 3 units */
+    {
+        const float *restrict x = input;
+        float *restrict y = ws0;
+        size_t j;
+        size_t s;
+
+        for (j = 0; j < 3; ++j) {
+            const float b = tiny_hidden_bias[j];
+
+            for (s = 0; s < 16; ++s) {
+                y[j * 16 + s] = b;
+            }
+        }
+        {
+            const float *restrict x0 = x + 0;
+            const float *restrict x1 = x + 16;
+            const float *restrict w0 = tiny_hidden_kernel + 0;
+            const float *restrict w1 = tiny_hidden_kernel + 3;
+
+            for (j = 0; j < 3; ++j) {
+                const float v0 = w0[j];
+                const float v1 = w1[j];
+                float *restrict yj = y + j * 16;
+
+                for (s = 0; s < 16; ++s) {
+                    yj[s] = yj[s] + x0[s] * v0 + x1[s] * v1;
+                }
+            }
+        }
+    }
+
+    /* hidden_act: leaky relu, slope 0.2 below zero */
+    for (i = 0; i < 48; ++i) {
+        const float v = ws0[i];
+        ws0[i] = v > 0.0f ? v : v * 0.2f;
+    }
+
+    /* out: dense, 3 inputs -> 2 units */
+    {
+        const float *restrict x = ws0;
+        float *restrict y = ws1;
+        size_t j;
+        size_t s;
+
+        for (j = 0; j < 2; ++j) {
+            const float b = tiny_out_bias[j];
+
+            for (s = 0; s < 16; ++s) {
+                y[j * 16 + s] = b;
+            }
+        }
+        {
+            const float *restrict x0 = x + 0;
+            const float *restrict x1 = x + 16;
+            const float *restrict x2 = x + 32;
+            const float *restrict w0 = tiny_out_kernel + 0;
+            const float *restrict w1 = tiny_out_kernel + 2;
+            const float *restrict w2 = tiny_out_kernel + 4;
+
+            for (j = 0; j < 2; ++j) {
+                const float v0 = w0[j];
+                const float v1 = w1[j];
+                const float v2 = w2[j];
+                float *restrict yj = y + j * 16;
+
+                for (s = 0; s < 16; ++s) {
+                    yj[s] = yj[s] + x0[s] * v0 + x1[s] * v1 + x2[s] * v2;
+                }
+            }
+        }
+    }
+
+    /* out_act: softmax over 2 values */
+    {
+        const float *x = ws1;
+        float *y = output;
+        size_t r;
+        size_t s;
+
+        /* the same steps as for one sample, for 16 samples side by side */
+        for (r = 0; r < 1; ++r, x += 32, y += 32) {
+            float top[16];
+            float sum[16];
+
+            for (s = 0; s < 16; ++s) {
+                top[s] = x[s];
+                sum[s] = 0.0f;
+            }
+            for (i = 1; i < 2; ++i) {
+                for (s = 0; s < 16; ++s) {
+                    const float v = x[i * 16 + s];
+                    top[s] = v > top[s] ? v : top[s];
+                }
+            }
+            for (i = 0; i < 2; ++i) {
+                for (s = 0; s < 16; ++s) {
+                    y[i * 16 + s] = (float)exp((double)(x[i * 16 + s] - top[s]));
+                    sum[s] += y[i * 16 + s];
+                }
+            }
+            for (i = 0; i < 2; ++i) {
+                for (s = 0; s < 16; ++s) {
+                    y[i * 16 + s] /= sum[s];
+                }
+            }
+        }
+    }
+
+    for (k = 0; k < 16; ++k) {
+        for (i = 0; i < 2; ++i) {
+            results[k * 2 + i] = output[i * 16 + k];
+        }
+    }
+}
+
 int tiny_predict_batch(size_t n, const float *input, float *output)
 {
     float workspace[TINY_WORKSPACE_SIZE > 0 ? TINY_WORKSPACE_SIZE : 1];
-    size_t k;
+    size_t k = 0;
 
     if (input == NULL || output == NULL) {
         return TINY_ERR_NULL;
     }
-    for (k = 0; k < n; ++k) {
-        tiny_predict_ws(input + k * TINY_INPUT_SIZE,
-                                output + k * TINY_OUTPUT_SIZE, workspace);
+    for (; n - k >= TINY_BATCH_TILE; k += TINY_BATCH_TILE) {
+        tiny_tile(input + k * TINY_INPUT_SIZE, output + k * TINY_OUTPUT_SIZE);
+    }
+    for (; k < n; ++k) {
+        tiny_predict_ws(input + k * TINY_INPUT_SIZE, output + k * TINY_OUTPUT_SIZE, workspace);
     }
     return TINY_OK;
 }

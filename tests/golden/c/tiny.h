@@ -28,6 +28,10 @@ extern "C" {
 #define TINY_OUTPUT_SIZE 2
 /* Floats of scratch memory one prediction needs (see tiny_predict_ws). */
 #define TINY_WORKSPACE_SIZE 5
+/* tiny_predict_batch runs TINY_BATCH_TILE samples at a time, side by side, in
+ * TINY_BATCH_WORKSPACE_SIZE floats (576 bytes) of stack. */
+#define TINY_BATCH_TILE 16
+#define TINY_BATCH_WORKSPACE_SIZE 144
 #define TINY_NUM_CLASSES 2
 
 #define TINY_OK 0
@@ -46,7 +50,12 @@ int tiny_predict(const float *input, float *output);
  * TINY_WORKSPACE_SIZE floats (for small stacks). */
 int tiny_predict_ws(const float *input, float *output, float *workspace);
 
-/* n samples, row after row: input holds n * INPUT_SIZE floats, output n * OUTPUT_SIZE. */
+/*
+ * n samples, row after row: input holds n * INPUT_SIZE floats, output n * OUTPUT_SIZE. The
+ * same bits as tiny_predict on each sample, computed TINY_BATCH_TILE samples at a
+ * time with TINY_BATCH_WORKSPACE_SIZE floats of stack; on a smaller stack, call
+ * tiny_predict_ws for each sample instead (the same results).
+ */
 int tiny_predict_batch(size_t n, const float *input, float *output);
 
 /* The index of the most likely class (into tiny_labels), or a negative error. */

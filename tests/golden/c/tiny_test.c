@@ -42,7 +42,12 @@ static const float golden_output[SAMPLES * TINY_OUTPUT_SIZE] = {
     0.25735015f,
 };
 
-static float batch_output[SAMPLES * TINY_OUTPUT_SIZE];
+/* Enough samples for two full batch tiles and a few left over, cycling through the golden
+ * inputs, so both of predict_batch's paths are compared with predict. */
+#define BATCH (2 * TINY_BATCH_TILE + 3)
+
+static float batch_input[BATCH * TINY_INPUT_SIZE];
+static float batch_output[BATCH * TINY_OUTPUT_SIZE];
 
 /* Floats mapped to integers in the same order, so ULP distance is a difference. */
 static int64_t ordered(float f)
@@ -85,12 +90,16 @@ int main(void)
             max_ulp = ulp > max_ulp ? ulp : max_ulp;
         }
     }
-    if (tiny_predict_batch(SAMPLES, golden_input, batch_output) != TINY_OK) {
+    for (k = 0; k < BATCH; ++k) {
+        memcpy(batch_input + k * TINY_INPUT_SIZE,
+               golden_input + (k % SAMPLES) * TINY_INPUT_SIZE, sizeof(float) * TINY_INPUT_SIZE);
+    }
+    if (tiny_predict_batch(BATCH, batch_input, batch_output) != TINY_OK) {
         fprintf(stderr, "tiny_predict_batch failed\n");
         return 1;
     }
-    for (k = 0; k < SAMPLES; ++k) {
-        tiny_predict(golden_input + k * TINY_INPUT_SIZE, out);
+    for (k = 0; k < BATCH; ++k) {
+        tiny_predict(batch_input + k * TINY_INPUT_SIZE, out);
         if (memcmp(out, batch_output + k * TINY_OUTPUT_SIZE, sizeof out) != 0) {
             fprintf(stderr, "batch output %d differs from the single-sample one\n", k);
             failures++;

@@ -91,11 +91,12 @@ func PredictInto(dst, input []float32) error {
 		x := input[:2]
 		y := ws0[:3]
 		copy(y, hiddenBias[:])
-		for i, xi := range x {
+		for i := 0; i < 2; i++ {
+			xi := x[i]
 			w := hiddenKernel[i*3 : (i+1)*3]
-			y := y[:len(w)]
-			for j, wj := range w {
-				y[j] += float32(xi * wj)
+			w = w[:len(y)]
+			for j := range y {
+				y[j] += float32(xi * w[j])
 			}
 		}
 	}
@@ -113,11 +114,12 @@ func PredictInto(dst, input []float32) error {
 		x := ws0[:3]
 		y := ws1[:2]
 		copy(y, outBias[:])
-		for i, xi := range x {
+		for i := 0; i < 3; i++ {
+			xi := x[i]
 			w := outKernel[i*2 : (i+1)*2]
-			y := y[:len(w)]
-			for j, wj := range w {
-				y[j] += float32(xi * wj)
+			w = w[:len(y)]
+			for j := range y {
+				y[j] += float32(xi * w[j])
 			}
 		}
 	}

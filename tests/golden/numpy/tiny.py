@@ -63,15 +63,19 @@ def predict(x):
     h = x.reshape(-1, *INPUT_SHAPE)
     with np.errstate(over="ignore", invalid="ignore"):
         # hidden: dense, 2 inputs -> 3 units
-        h = h.reshape(-1, 2) @ _TINY_HIDDEN_KERNEL + _TINY_HIDDEN_BIAS
+        h = h.reshape(-1, 2) @ _TINY_HIDDEN_KERNEL
+        h += _TINY_HIDDEN_BIAS
         # hidden_act: leaky relu
-        h = np.where(h > 0, h, h * np.float32(0.2))
+        # x times 1 above zero and the slope elsewhere (exact, as where(x > 0, x, x * slope))
+        h = h * np.fmax(np.sign(h), np.float32(0.2))
         # out: dense, 3 inputs -> 2 units
-        h = h.reshape(-1, 3) @ _TINY_OUT_KERNEL + _TINY_OUT_BIAS
+        h = h.reshape(-1, 3) @ _TINY_OUT_KERNEL
+        h += _TINY_OUT_BIAS
         # out_act: softmax over the last axis
         h = h.reshape(-1, 2)
-        e = np.exp(h - np.max(h, axis=-1, keepdims=True))
-        h = e / np.sum(e, axis=-1, keepdims=True)
+        h = h - np.max(h, axis=-1, keepdims=True)
+        np.exp(h, out=h)
+        h /= np.sum(h, axis=-1, keepdims=True)
     h = h.reshape(-1, *OUTPUT_SHAPE)
     return h[0] if single else h
 
