@@ -120,7 +120,7 @@ def compare(lang: str, got: np.ndarray, want: np.ndarray) -> Result:
 
 
 def verify(model: ir.Model, langs: list[str], samples: int = 256,
-           name: str | None = None) -> list[Result]:
+           name: str | None = None, weights: str = "literal") -> list[Result]:
     """Export `model` to each language with `samples` golden vectors, build, run, compare."""
     problems = codegen.unsupported(model, langs)
     if problems:
@@ -130,7 +130,7 @@ def verify(model: ir.Model, langs: list[str], samples: int = 256,
         results = []
         for lang in langs:
             folder = work / lang
-            files = codegen.render(model, lang, name, samples)
+            files = codegen.render(model, lang, name, samples, weights=weights)
             for rel, data in files.items():
                 (folder / rel).parent.mkdir(parents=True, exist_ok=True)
                 (folder / rel).write_bytes(data)
