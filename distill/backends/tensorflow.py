@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import ir
 from ..config import Config
 from ..errors import ConfigError, DataError, DistillError
 from . import TrainResult, check_output_width, evaluate_model, labels_for, metadata, prepare
@@ -231,14 +232,12 @@ def train(config: Config, *, epochs: int | None = None, seed: int | None = None,
     from .keras import import_keras
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()
                if k != "learning_rate"}
-    model_ir = import_keras(model, config.name)
-    scores = evaluate_model(model_ir, config, prep)
-    model_ir = import_keras(model, config.name, check=False, metadata=metadata(
-        config, prep, "tensorflow", seed, epochs, scores, {"devices": devices()}))
-    from .. import ir
-    model_ir = ir.make_model(model_ir.name, model_ir.input_shape,
-                             [(n.name, n.op, n.attrs, n.weights) for n in model_ir.nodes],
-                             labels_for(prep), model_ir.metadata)
+    imported = import_keras(model, config.name)  # checked against Keras's predictions
+    scores = evaluate_model(imported, config, prep)
+    facts = metadata(config, prep, "tensorflow", seed, epochs, scores, {"devices": devices()})
+    model_ir = ir.make_model(imported.name, imported.input_shape,
+                             [(n.name, n.op, n.attrs, n.weights) for n in imported.nodes],
+                             labels_for(prep), {**imported.metadata, **facts})
     return TrainResult(model_ir, history, callbacks[0].steps, scores)
 
 
