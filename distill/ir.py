@@ -24,6 +24,7 @@ import math
 import os
 import re
 import tempfile
+import tokenize
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -168,6 +169,7 @@ def validate(model: Model) -> None:
         json.dumps(dict(model.metadata), allow_nan=False, sort_keys=True)
     except (TypeError, ValueError, RecursionError) as e:
         raise ModelFormatError(f"metadata cannot be saved as JSON ({_short(e)})") from None
+    _check_samples(model)
     seen: dict[str, Shape] = {INPUT: tuple(model.input_shape)}
     for node in model.nodes:
         _check_node_name(node.name, seen)
@@ -228,10 +230,38 @@ def validate(model: Model) -> None:
     if model.labels is not None:
         if not all(isinstance(x, str) for x in model.labels):
             raise ModelFormatError("labels must be strings")
+        for i, label in enumerate(model.labels):
+            try:
+                label.encode("utf-8")
+            except UnicodeEncodeError:  # JSON can spell a lone surrogate; code cannot
+                raise ModelFormatError(f"label #{i} is not valid Unicode text") from None
         width = model.output_shape[-1]
         # One output with two labels is a binary classifier: the output is P(labels[1]).
         if len(model.labels) != width and not (width == 1 and len(model.labels) == 2):
             raise ModelFormatError(f"{len(model.labels)} labels for {width} outputs")
+
+
+def _check_samples(model: Model) -> None:
+    """Exporters use `samples` (rows of input values) and `input_range` ([low row, high row])
+    from the metadata to seed their self-tests; a file must not be able to make them fail."""
+    size = prod(model.input_shape)
+    meta = model.metadata
+    for key, rows in (("samples", None), ("input_range", 2)):
+        if key not in meta or (key == "samples" and meta[key] == []):
+            continue
+        try:
+            with np.errstate(over="ignore"):
+                arr = np.array(meta[key], dtype=np.float32)
+            ok = (arr.ndim == 2 and arr.shape[1] == size and (rows is None or len(arr) == rows)
+                  and bool(np.isfinite(arr).all()))
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
+            want = f"{rows} rows" if rows else "rows"
+            raise ModelFormatError(f"metadata {key!r} must be {want} of {size} finite float32 "
+                                   "values (the model's input)")
+        if rows is not None and (arr[0] > arr[1]).any():
+            raise ModelFormatError("metadata 'input_range' has a low value above its high value")
 
 
 def _check_node_name(name: Any, seen: Iterable[str]) -> None:
@@ -407,17 +437,27 @@ def read_archive(path: str | os.PathLike, doc_name: str = "model.json",
     path = Path(path)
     if path.is_dir():
         raise ModelFormatError(f"{path}: is a directory, not a {what} file")
+    if path.exists() and not path.is_file():  # a FIFO blocks zipfile, /dev/zero never ends
+        raise ModelFormatError(f"{path}: is not a regular file")
     try:
         z = zipfile.ZipFile(path)
     except FileNotFoundError:
         raise ModelFormatError(f"{path}: no such file") from None
     except _ZIP_ERRORS as e:
         raise ModelFormatError(f"{path}: not a {what} file ({_short(e)})") from None
+    size = path.stat().st_size
     try:
         for info in z.infolist():
             if info.flag_bits & _ZIP_UNREADABLE_FLAGS:
                 raise ModelFormatError(f"{path}: {_clip(info.filename)} is encrypted or "
                                        f"patched, which a {what} file never is")
+            # zipfile reads a stored entry by its compressed size: the two must agree, or a
+            # tiny file could claim gigabytes.
+            if info.compress_size > size or (info.compress_type == zipfile.ZIP_STORED
+                                             and info.compress_size != info.file_size):
+                raise ModelFormatError(f"{path}: {_clip(info.filename)} claims "
+                                       f"{info.compress_size} stored bytes but holds "
+                                       f"{info.file_size}")
         try:
             info = z.getinfo(doc_name)
         except KeyError:
@@ -468,7 +508,8 @@ def read_array(z: zipfile.ZipFile, name: str, shape: Shape, where: str) -> np.nd
             header = np.lib.format.read_array_header_2_0(buf)
         else:
             raise ValueError(f".npy version {version} is not supported")
-    except (*_ZIP_ERRORS, TypeError, RecursionError) as e:
+    except (*_ZIP_ERRORS, TypeError, RecursionError, tokenize.TokenError) as e:
+        # numpy's header parser tokenizes the header: '((((' raises tokenize.TokenError.
         raise ModelFormatError(f"{where}: {_clip(name)} is unreadable ({_short(e)})") from None
     found, fortran_order, dtype = header
     if dtype.str != "<f4" or fortran_order or found != shape:
@@ -517,7 +558,7 @@ def _from_json(doc: dict[str, Any], z: zipfile.ZipFile) -> Model:
     for i, nd in enumerate(nodes_doc):
         if not isinstance(nd, dict):
             raise ModelFormatError(f"node #{i} is not an object")
-        _check_node_name(_field(nd, "name", str, f"node #{i}"), names | {INPUT})
+        _check_node_name(_field(nd, "name", str, f"node #{i}"), names)  # rejects INPUT too
         names.add(nd["name"])
     nodes = []
     for nd in nodes_doc:

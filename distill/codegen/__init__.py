@@ -32,6 +32,7 @@ import json
 import keyword
 import os
 import shutil
+import sys
 import tempfile
 import tomllib
 from collections.abc import Sequence
@@ -80,6 +81,8 @@ def text_targets() -> dict[str, Target]:
             reserved = set(doc.get("reserved", []))
             if doc.get("python_keywords"):
                 reserved |= set(keyword.kwlist) | set(keyword.softkwlist)
+            if doc.get("python_stdlib"):  # a module named `pickle` would shadow numpy's import
+                reserved |= set(sys.stdlib_module_names)
             out[folder.name] = Target(
                 lang=folder.name, folder=folder, description=doc["description"],
                 files=tuple((f["template"], f["output"]) for f in doc["files"]),

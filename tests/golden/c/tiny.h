@@ -42,7 +42,8 @@ extern const char *const tiny_labels[TINY_NUM_CLASSES];
 
 /*
  * Computes the model's output for one sample. Reentrant: no globals are written and the
- * workspace lives on the stack. input and output must not overlap.
+ * workspace lives on the stack. input and output must not overlap. NaN inputs give NaN
+ * outputs (never an error); only NULL pointers are refused.
  */
 int tiny_predict(const float *input, float *output);
 

@@ -73,7 +73,8 @@ func Predict(input []float32) ([]float32, error) {
 }
 
 // PredictInto writes the model's outputs for one sample into dst (OutputSize values)
-// without allocating. dst and input must not overlap.
+// without allocating. dst and input must not overlap. NaN inputs give NaN outputs (never
+// an error); only a wrong slice length is an error.
 func PredictInto(dst, input []float32) error {
 	if len(input) != InputSize {
 		return fmt.Errorf("%w: input has %d values, want %d", ErrSize, len(input), InputSize)
