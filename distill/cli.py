@@ -3,14 +3,26 @@
 Every user error (a `DistillError`, a missing or unreadable file) is one line on stderr and exit
 code 2; `--debug` shows the traceback instead. Outputs are written atomically, so a failed or
 interrupted command leaves no partial file behind.
+
+Everything read from files is hostile until checked: text from a model (labels, metadata) is
+printed escaped on one line, what the exporters take from its metadata is checked on load, and
+work a small file could make huge (golden vectors of a 2**28-value input) is bounded first. An
+output location is checked for writability before any work, so a read-only folder is found
+before hours of training, not after; a full disk names the file that could not be written.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import glob
 import io
 import json
 import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from math import prod
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +47,71 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         msg = str(e) if isinstance(e, DistillError) else _os_error(e)
-        print(f"distill: error: {msg}", file=sys.stderr)
+        print(f"distill: error: {_text(msg, 2000)}", file=sys.stderr)
         return 2
 
 
 def _os_error(e: OSError) -> str:
     where = f"{e.filename}: " if e.filename else ""
     return f"{where}{e.strerror or e}"
+
+
+def _text(value: Any, limit: int = 300) -> str:
+    """`value` as one printable line for the terminal, cut to `limit` characters.
+
+    Labels, metadata and messages come from files: a newline would break the one-line error
+    promise, an escape sequence would reach the terminal, a lone surrogate cannot be encoded.
+    """
+    text = str(value)
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:.4g}"
+    return _text(value, 60)
+
+
+def _output_file(path: Path, what: str = "output") -> None:
+    """Refuse an output path that cannot receive a file, before any work is done."""
+    if path.is_dir():
+        raise DistillError(f"{path}: is a directory; give a file name for the {what}")
+    if not path.parent.is_dir():
+        raise DistillError(f"{path.parent}: no such directory")
+    _writable_dir(path.parent)
+
+
+def _writable_dir(folder: Path) -> None:
+    """Create and remove a file in `folder`: the only test of writability that holds for root,
+    read-only mounts and ACLs alike (os.access does not)."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".distill-probe."):
+            pass
+    except OSError as e:
+        raise DistillError(f"{folder}: cannot write here ({e.strerror or e})") from None
+
+
+@contextlib.contextmanager
+def _writing(path: Path, what: str = "output") -> Iterator[None]:
+    """Name the file being written, not a temporary file, when the disk refuses it."""
+    try:
+        yield
+    except OSError as e:
+        raise DistillError(f"{path}: cannot write the {what} ({e.strerror or e}); nothing "
+                           "was changed") from None
+
+
+def _write_output(path: Path, data: bytes, what: str = "output") -> None:
+    """Atomically replace a regular file; write a FIFO, a device or /dev/stdout directly
+    (replacing one with a regular file would destroy it)."""
+    with _writing(path, what):
+        if path.exists() and not path.is_file():
+            with open(path, "wb") as f:
+                f.write(data)
+        else:
+            ir.atomic_write(path, data)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,6 +152,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--name", help="name for the emitted symbols and files (default: model's)")
     e.add_argument("--samples", type=int, default=16,
                    help="golden vectors in the shipped self-tests (default 16)")
+    e.add_argument("--weights", choices=["literal", "blob"], default="literal",
+                   help="C and Go: weights as array literals (default) or as a blob of bytes "
+                   "(much faster to compile for large models; still bit-exact)")
     e.add_argument("--verify", action="store_true", help="verify after exporting")
     e.set_defaults(run=cmd_export)
 
@@ -94,6 +167,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--lang", default="all", help=f"{langs}, a comma-separated list, or all")
     v.add_argument("--name", help="name for the emitted symbols and files")
     v.add_argument("--samples", type=int, default=256, help="inputs compared (default 256)")
+    v.add_argument("--weights", choices=["literal", "blob"], default="literal",
+                   help="how C and Go store the weights (see export)")
     v.set_defaults(run=cmd_verify)
 
     k = sub.add_parser("import", parents=[common], help="convert a Keras model to .distill",
@@ -115,7 +190,47 @@ def _parser() -> argparse.ArgumentParser:
 def _load(path: str) -> ir.Model:
     """A .distill file, or a Keras file (.keras, .h5) imported on the fly."""
     from .backends.keras import load_any
-    return load_any(path)
+    model = load_any(path, isolate=True)
+    _check_usable(model, path)
+    return model
+
+
+def _check_usable(model: ir.Model, path: str) -> None:
+    """What the commands read beyond `ir.validate`'s rules, checked so that a damaged file is a
+    one-line error here rather than a traceback in an exporter: labels must be encodable text;
+    the metadata's `samples` (rows of input values) and `input_range` ([low, high] per input
+    value) seed the golden vectors of every self-test."""
+    from .errors import ModelFormatError
+    for i, label in enumerate(model.labels or ()):
+        try:
+            label.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ModelFormatError(f"{path}: label #{i} is not valid Unicode text "
+                                   f"({_text(label, 60)})") from None
+    size = prod(model.input_shape)
+
+    def numbers(key: str, rows: int | None) -> np.ndarray:
+        value = model.metadata[key]
+        try:
+            with np.errstate(over="ignore"):
+                arr = np.array(value, dtype=np.float32)
+            ok = (arr.ndim == 2 and arr.shape[1] == size and (rows is None or len(arr) == rows)
+                  and bool(np.isfinite(arr).all()))
+        except (ValueError, TypeError, OverflowError):
+            ok = False
+        if not ok:
+            want = f"{rows} rows" if rows else "rows"
+            raise ModelFormatError(f"{path}: metadata {key!r} must be {want} of {size} finite "
+                                   f"float32 values (the model's input)")
+        return arr
+
+    if model.metadata.get("samples", []) != []:  # none saved is fine: all golden are drawn
+        numbers("samples", None)
+    if "input_range" in model.metadata:
+        low, high = numbers("input_range", 2)
+        if (low > high).any():
+            raise ModelFormatError(f"{path}: metadata 'input_range' has a low value above its "
+                                   "high value")
 
 
 # ---------------------------------------------------------------------------------- train
@@ -126,29 +241,58 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.epochs is not None and args.epochs < 1:
         raise DistillError(f"--epochs must be at least 1, got {args.epochs}")
-    out = Path(args.output or f"{config.name}.distill")
+    if args.seed is not None and args.seed < 0:
+        raise DistillError(f"--seed must be a non-negative integer, got {args.seed}")
+    # The config's name is text from a file: as a file name it could be "../../x" or empty.
+    out = Path(args.output or f"{ir.sanitize_name(config.name)}.distill")
     if out.is_dir():
         raise DistillError(f"{out}: is a directory; give a file name such as {out}/model.distill")
     if not out.parent.exists():
         raise DistillError(f"{out.parent}: no such directory")
+    if out.exists() and not out.is_file():
+        raise DistillError(f"{out}: exists and is not a regular file")
+    _writable_dir(out.parent)  # find a read-only folder now, not after hours of training
     ckpt = out.with_name(out.name + ".ckpt")
+    stem = out.with_suffix("")
+    _remove_temporaries([out, ckpt, Path(f"{stem}.history.json"), Path(f"{stem}.loss.png")])
     if args.resume and not ckpt.exists():
         print(f"distill: no checkpoint at {ckpt}; starting from the beginning", file=sys.stderr)
     options = {"strategy": args.strategy} if args.strategy else {}
     if args.strategy and args.backend != "tensorflow":
         raise DistillError("--strategy is for --backend tensorflow")
-    result = train(config, args.backend, epochs=args.epochs, seed=args.seed, checkpoint=ckpt,
-                   resume=args.resume, verbose=0 if args.quiet else 1,
-                   announce=lambda line: print(line, file=sys.stderr), **options)
-    ir.save(result.model, out)
-    stem = out.with_suffix("")
+    try:
+        result = train(config, args.backend, epochs=args.epochs, seed=args.seed,
+                       checkpoint=ckpt, resume=args.resume, verbose=0 if args.quiet else 1,
+                       announce=lambda line: print(line, file=sys.stderr), **options)
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        # A write that failed after its file was opened (EFBIG, ENOSPC): the checkpoint.
+        raise DistillError(f"{ckpt}: cannot write the checkpoint ({e.strerror or e}); the "
+                           "last complete checkpoint is kept") from None
+    with _writing(out, "model"):
+        ir.save(result.model, out)
+    if ckpt.is_file():
+        # Only now: until the model is on disk, the checkpoint is the run (a kill during the
+        # final evaluation must not send `--resume` back to step 0).
+        ckpt.unlink()
     history = {"epochs": result.history, "steps": result.steps, "final": result.metrics}
-    ir.atomic_write(Path(f"{stem}.history.json"),
-                    (json.dumps(history, indent=1) + "\n").encode())
-    plot = _plot(result.steps, result.history, Path(f"{stem}.loss.png"), config.name)
+    _write_output(Path(f"{stem}.history.json"), (json.dumps(history, indent=1) + "\n").encode(),
+                  "history")
+    plot = _plot(result.steps, result.history, Path(f"{stem}.loss.png"), _text(config.name, 80))
     print(_summary(config.name, result.metrics))
     print(f"wrote {out}, {stem}.history.json" + (f", {plot}" if plot else ""))
     return 0
+
+
+def _remove_temporaries(outputs: list[Path]) -> None:
+    """Delete what a killed run's atomic writes left: `.NAME.XXXXXXXX.tmp` beside each output
+    (ir.atomic_write's names). Without this, every SIGKILL during a checkpoint write would add
+    one more to the folder for good."""
+    for path in outputs:
+        for tmp in path.parent.glob(f".{glob.escape(path.name)}.????????.tmp"):
+            if tmp.is_file() and not tmp.is_symlink():
+                tmp.unlink(missing_ok=True)
 
 
 def _summary(name: str, metrics: dict[str, dict[str, float]]) -> str:
@@ -185,7 +329,7 @@ def _plot(steps: list[float], history: dict[str, list[float]], path: Path,
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
     plt.close(fig)
-    ir.atomic_write(path, buf.getvalue())
+    _write_output(path, buf.getvalue(), "plot")
     return path
 
 
@@ -227,7 +371,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"input  {tuple(info['input']['shape'])} {info['input']['dtype']}")
     labels = info["output"]["labels"]
     print(f"output {tuple(info['output']['shape'])}"
-          + (f"  labels: {', '.join(labels)}" if labels else ""))
+          + (f"  labels: {_text(', '.join(labels), 2000)}" if labels else ""))
     print()
     for k, r in enumerate(rows):
         line = "  ".join(c.ljust(w) if j < 3 else c.rjust(w)
@@ -240,25 +384,29 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"weight bytes      {info['weight_bytes']:,}")
     print(f"mult-adds/sample  {info['macs']:,}")
     print(f"peak activations  {info['peak_activation_bytes']:,} bytes")
+    # Metadata is free-form JSON from the file (`_check_usable` has checked only `samples` and
+    # `input_range`): print whatever shape the rest has, one safe line each.
     meta = info["metadata"]
     if meta:
         print()
-        training = meta.get("training", {})
+        training = meta.get("training")
+        training = training if isinstance(training, dict) else None
         for key, value in meta.items():
             if key == "samples":
                 print(f"saved samples: {len(value)} (for the exported self-tests)")
             elif key == "input_range":
                 print("input range: per-feature min and max of the training data "
                       f"(overall {min(value[0]):g} to {max(value[1]):g})")
-            elif key != "training":
-                print(f"{key}: {value}")
-        for key, value in training.items():
-            if key == "metrics":
+            elif key != "training" or training is None:
+                print(f"{_text(key, 60)}: {_text(value)}")
+        for key, value in (training or {}).items():
+            if key == "metrics" and isinstance(value, dict):
                 for split, scores in value.items():
-                    vals = ", ".join(f"{m} {v:.4g}" for m, v in scores.items())
-                    print(f"{split} metrics: {vals}")
+                    vals = (", ".join(f"{_text(m, 60)} {_number(v)}" for m, v in scores.items())
+                            if isinstance(scores, dict) else _text(scores))
+                    print(f"{_text(split, 60)} metrics: {vals}")
             else:
-                print(f"trained {key}: {value}")
+                print(f"trained {_text(key, 60)}: {_text(value)}")
     return 0
 
 
@@ -268,9 +416,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     from .backends.keras import is_keras_file, load_keras
     if not is_keras_file(args.model):
         raise DistillError(f"{args.model}: expected a .keras or .h5 file")
-    model = load_keras(args.model)
+    if args.output:
+        _output_file(Path(args.output), "model")
+    model = load_keras(args.model, isolate=True)
     out = Path(args.output or f"{model.name}.distill")
-    ir.save(model, out)
+    _output_file(out, "model")
+    with _writing(out, "model"):
+        ir.save(model, out)
     figures = ir.stats(model)
     print(f"imported {args.model}: {len(model.nodes)} nodes, {figures['parameters']:,} "
           f"parameters; matches Keras's predictions; wrote {out}")
@@ -284,7 +436,9 @@ def _langs(spec: str) -> list[str]:
     known = languages()
     if spec == "all":
         return known
-    langs = [x.strip() for x in spec.split(",") if x.strip()]
+    langs = list(dict.fromkeys(x.strip() for x in spec.split(",") if x.strip()))
+    if not langs:
+        raise DistillError(f"--lang names no language; expected {', '.join(known)} or all")
     for lang in langs:
         if lang not in known:
             from .errors import did_you_mean
@@ -299,11 +453,32 @@ def _samples(n: int) -> int:
     return n
 
 
+# Golden vectors are generated, held and printed as text in every self-test: a model file of a
+# few hundred bytes may declare an input of 2**28 values, so bound their count before export.
+MAX_GOLDEN_VALUES = 1 << 22
+
+
+def _golden_budget(model: ir.Model, samples: int) -> None:
+    per_sample = prod(model.input_shape) + prod(model.output_shape)
+    if samples * per_sample > MAX_GOLDEN_VALUES:
+        most = MAX_GOLDEN_VALUES // per_sample
+        hint = f"; use --samples {most} or fewer" if most else ""
+        raise DistillError(f"model {model.name!r} takes {prod(model.input_shape):,} and gives "
+                           f"{prod(model.output_shape):,} values per sample: {samples} golden "
+                           f"vectors would exceed {MAX_GOLDEN_VALUES:,} values{hint}")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .codegen import export
     model = _load(args.model)
     langs = _langs(args.lang)
-    written = export(model, langs, Path(args.output), args.name, _samples(args.samples))
+    samples = _samples(args.samples)
+    _golden_budget(model, max(samples, 256 if args.verify else 0))
+    out = Path(args.output)
+    if out.parent.is_dir():
+        _writable_dir(out.parent)
+    with _writing(out, "export"):
+        written = export(model, langs, out, args.name, samples, weights=args.weights)
     figures = ir.stats(model)
     from .codegen import plan
     workspace = 4 * sum(plan(model)[1])
@@ -314,21 +489,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     for path in written:
         print(f"  wrote {path} ({path.stat().st_size:,} bytes)")
     if args.verify:
-        return _report(model, langs, args.name, 256)
+        return _report(model, langs, args.name, 256, args.weights)
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     model = _load(args.model)
-    return _report(model, _langs(args.lang), args.name, _samples(args.samples))
+    samples = _samples(args.samples)
+    _golden_budget(model, samples)
+    return _report(model, _langs(args.lang), args.name, samples, args.weights)
 
 
-def _report(model: ir.Model, langs: list[str], name: str | None, samples: int) -> int:
+def _report(model: ir.Model, langs: list[str], name: str | None, samples: int,
+            weights: str = "literal") -> int:
     from .codegen import ABS_TOL, REL_TOL
     from .verify import verify
     print(f"verifying {model.name} against the reference: tolerance |out - ref| <= "
           f"{ABS_TOL:g} + {REL_TOL:g} * |ref|")
-    results = verify(model, langs, samples, name)
+    results = verify(model, langs, samples, name, weights)
     for r in results:
         print("  " + r.line())
     failed = [r.lang for r in results if not r.ok]
@@ -343,46 +521,63 @@ def _report(model: ir.Model, langs: list[str], name: str | None, samples: int) -
 def read_samples(path: str) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"{p}: no such file")
+        raise DataError(f"{p}: {'not a regular file' if p.exists() else 'no such file'}")
     try:
-        if p.suffix == ".npy":
-            x = np.load(p, allow_pickle=False)
-        elif p.suffix == ".csv":
-            x = np.loadtxt(p, delimiter=",", dtype=np.float32, ndmin=2)
-        else:
-            raise DataError(f"{p}: expected a .npy or .csv file")
-    except ValueError as e:
-        raise DataError(f"{p}: unreadable ({str(e).splitlines()[0]})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # loadtxt warns on an empty file: we say it once
+            if p.suffix == ".npy":
+                # Memory-mapped first: a header claiming 10**12 values is refused by the map
+                # (the file is too short) instead of being allocated, and nothing is unpickled.
+                x = np.load(p, mmap_mode="r", allow_pickle=False)
+            elif p.suffix == ".csv":
+                x = np.loadtxt(p, delimiter=",", dtype=np.float32, ndmin=2)
+                if not x.size:
+                    raise DataError(f"{p}: holds no samples")
+            else:
+                raise DataError(f"{p}: expected a .npy or .csv file")
+    except (ValueError, EOFError, UnicodeDecodeError) as e:
+        raise DataError(f"{p}: unreadable ({_first_line(e)})") from None
     if x.dtype.kind not in "fiu":
         raise DataError(f"{p}: holds {x.dtype} values, expected numbers")
-    return x.astype(np.float32)
+    with np.errstate(over="ignore"):  # beyond float32's range is inf, like a NaN it propagates
+        return np.array(x, dtype=np.float32)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     model = _load(args.model)
+    out = Path(args.output) if args.output else None
+    if out is not None and not (out.exists() and not out.is_file() and not out.is_dir()):
+        _output_file(out)
     x = read_samples(args.input)
-    if x.shape[1:] != tuple(model.input_shape) and x.shape != tuple(model.input_shape):
+    shape = tuple(model.input_shape)
+    if x.shape == shape:
+        x = x[None]  # one sample
+    elif x.shape[1:] != shape:
         raise DataError(f"{args.input}: samples of shape {x.shape[1:]}, but model "
-                        f"{model.name!r} takes {tuple(model.input_shape)}")
-    y = ir.run(model, x)
-    y = y.reshape(len(x), -1) if y.ndim > 1 else y.reshape(1, -1)
+                        f"{model.name!r} takes {shape}")
+    with np.errstate(all="ignore"):  # NaN and inf inputs give NaN and inf outputs
+        y = ir.run(model, x).reshape(len(x), prod(model.output_shape))
     if args.classes:
         labels = model.labels or [str(i) for i in range(max(y.shape[-1], 2))]
         idx = (y[:, 0] > 0.5).astype(int) if y.shape[-1] == 1 else y.argmax(-1)
-        text = "\n".join(labels[i] for i in idx) + "\n"
-        if args.output:
-            ir.atomic_write(Path(args.output), text.encode())
+        text = "".join(labels[i] + "\n" for i in idx)
+        if out is not None:
+            _write_output(out, text.encode("utf-8", "backslashreplace"))
         else:
-            sys.stdout.write(text)
+            sys.stdout.write("".join(_text(labels[i], 2000) + "\n" for i in idx))
         return 0
-    if args.output:
-        out = Path(args.output)
+    if out is not None:
         buf = io.BytesIO()
         if out.suffix == ".npy":
             np.save(buf, y)
         else:
             np.savetxt(buf, y, delimiter=",", fmt="%.9g")
-        ir.atomic_write(out, buf.getvalue())
+        _write_output(out, buf.getvalue())
     else:
         np.savetxt(sys.stdout, y, delimiter=",", fmt="%.9g")
     return 0

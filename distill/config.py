@@ -24,6 +24,7 @@ expected type), so a bad config fails in one line before any data is loaded or s
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,9 @@ from . import nn, ops, optim
 from .data import DATA_KEYS
 from .errors import ConfigError, check_keys, did_you_mean
 
+# A dense layer's width, and a reshape's dimensions: far beyond a small network, and small
+# enough that a typo is a config error rather than an allocation that exhausts the machine.
+MAX_UNITS = 1 << 24
 TOP_KEYS = {"name", "seed", "description", "data", "model", "training"}
 TRAINING_KEYS = {"loss", "optimizer", "batch_size", "epochs", "metrics", "shuffle",
                  "checkpoint_every", "early_stopping"}
@@ -92,11 +96,14 @@ class Config:
 def load_config(path: str | Path) -> Config:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
+        what = "is not a regular file" if path.exists() else "no such config file"
+        raise ConfigError(f"{path}: {what}")
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML (nested too deeply)") from None
     try:
         return parse_config(doc, default_name=path.stem, base_dir=path.parent)
     except ConfigError as e:
@@ -108,6 +115,8 @@ def parse_config(doc: dict[str, Any], default_name: str = "model",
     check_keys(doc, TOP_KEYS, "the config")
     name = _typed(doc, "name", str, default_name, "the config")
     seed = _typed(doc, "seed", int, 0, "the config")
+    if seed < 0:
+        raise ConfigError(f"the config key 'seed' must be a non-negative integer, got {seed}")
     data = _typed(doc, "data", dict, None, "the config")
     if data is None:
         raise ConfigError("missing [data] table (it names the data set: source = \"...\")")
@@ -145,16 +154,16 @@ def parse_config(doc: dict[str, Any], default_name: str = "model",
         raise ConfigError(f"{where} epochs must be at least 1, got {epochs}")
     metrics = _typed(training, "metrics", list, [], where)
     for m in metrics:
-        if m not in nn.METRICS:
-            raise ConfigError(f"{where} unknown metric {m!r}; expected one of "
+        if not isinstance(m, str) or m not in nn.METRICS:
+            hint = did_you_mean(m, nn.METRICS) if isinstance(m, str) else ""
+            raise ConfigError(f"{where} unknown metric {m!r}{hint}; expected one of "
                               f"{', '.join(nn.METRICS)}")
     every = _typed(training, "checkpoint_every", int, 100, where)
     if every < 1:
         raise ConfigError(f"{where} checkpoint_every must be at least 1 step")
     stopping = _typed(training, "early_stopping", dict, None, where)
     if stopping is not None:
-        check_keys(stopping, {"monitor", "patience", "min_delta", "restore_best_weights"},
-                   "[training] early_stopping")
+        _early_stopping(stopping, metrics)
     return Config(name=name, seed=seed, data=data, layers=layers, loss=loss,
                   optimizer=optimizer, batch_size=None if batch == "full" else batch,
                   epochs=epochs, metrics=metrics,
@@ -162,6 +171,30 @@ def parse_config(doc: dict[str, Any], default_name: str = "model",
                   checkpoint_every=every, early_stopping=stopping,
                   description=_typed(doc, "description", str, "", "the config"),
                   base_dir=base_dir)
+
+
+def _early_stopping(spec: dict[str, Any], metrics: list[str]) -> None:
+    where = "[training] early_stopping"
+    check_keys(spec, {"monitor", "patience", "min_delta", "restore_best_weights"}, where)
+    monitors = ["loss", *metrics]
+    monitors += [f"val_{m}" for m in monitors]
+    monitor = _typed(spec, "monitor", str, "val_loss", where)
+    if monitor not in monitors:
+        raise ConfigError(f"{where} cannot monitor {monitor!r}{did_you_mean(monitor, monitors)}"
+                          f"; training reports {', '.join(monitors)}")
+    patience = _typed(spec, "patience", int, 0, where)
+    if patience < 0:
+        raise ConfigError(f"{where} patience must be a non-negative integer, got {patience}")
+    delta = _typed(spec, "min_delta", float, 0.0, where)
+    if not math.isfinite(delta) or delta < 0:
+        raise ConfigError(f"{where} min_delta must be a non-negative number, got {delta!r}")
+    _typed(spec, "restore_best_weights", bool, False, where)
+
+
+def _finite(value: Any) -> bool:
+    """A TOML number that is neither nan nor inf (nor a bool, which Python counts as one)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def _typed(table: dict, key: str, kind: type, default: Any, where: str) -> Any:
@@ -183,7 +216,7 @@ def _layer(spec: Any, i: int) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise ConfigError(f"{where} must be a table with a type")
     kind = spec.get("type")
-    if kind not in LAYER_KEYS:
+    if not isinstance(kind, str) or kind not in LAYER_KEYS:
         raise ConfigError(f"{where}: unknown layer type {kind!r}"
                           f"{did_you_mean(str(kind), LAYER_KEYS)}; expected one of "
                           f"{', '.join(LAYER_KEYS)}")
@@ -193,6 +226,9 @@ def _layer(spec: Any, i: int) -> dict[str, Any]:
         units = spec.get("units")
         if not isinstance(units, int) or isinstance(units, bool) or units < 1:
             raise ConfigError(f"{where} (dense) needs units, a positive integer; got {units!r}")
+        if units > MAX_UNITS:
+            raise ConfigError(f"{where} (dense) units must be at most {MAX_UNITS:,}, got "
+                              f"{units:,}")
         _typed(spec, "use_bias", bool, True, where)
         for key in ("kernel_initializer", "bias_initializer"):
             init = _typed(spec, key, str, "zeros", where)
@@ -212,9 +248,10 @@ def _layer(spec: Any, i: int) -> dict[str, Any]:
             raise ConfigError(f"{where} (dropout) needs rate in [0, 1), got {rate!r}")
     if kind == "reshape":
         shape = _typed(spec, "shape", list, None, where)
-        if not shape or not all(isinstance(d, int) and (d > 0 or d == -1) for d in shape):
+        if not shape or not all(isinstance(d, int) and not isinstance(d, bool)
+                                and (0 < d <= MAX_UNITS or d == -1) for d in shape):
             raise ConfigError(f"{where} (reshape) needs shape, a list of positive integers "
-                              "(one may be -1)")
+                              f"of at most {MAX_UNITS:,} (one may be -1)")
     return dict(spec)
 
 
@@ -225,21 +262,35 @@ def _activation(spec: Any, where: str) -> None:
         raise ConfigError(f"{where} activation must be a name or a table, got {spec!r}")
     check_keys(spec, {"name", "alpha"}, f"{where} activation")
     name = spec.get("name")
-    if name not in ops.ACTIVATIONS:
+    if not isinstance(name, str) or name not in ops.ACTIVATIONS:
         raise ConfigError(f"{where} unknown activation {name!r}"
                           f"{did_you_mean(str(name), ops.ACTIVATIONS)}; expected one of "
                           f"{', '.join(ops.ACTIVATIONS)}")
-    if "alpha" in spec and (name != "leaky_relu"
-                            or not isinstance(spec["alpha"], (int, float))
-                            or isinstance(spec["alpha"], bool)):
-        raise ConfigError(f"{where} alpha is a number and only for leaky_relu")
+    if "alpha" in spec and (name != "leaky_relu" or not _finite(spec["alpha"])):
+        raise ConfigError(f"{where} alpha is a finite number and only for leaky_relu")
+
+
+def _schedule_numbers(spec: dict[str, Any], where: str) -> None:
+    for key, value in spec.items():
+        if key == "name":
+            continue
+        if key == "staircase":
+            _typed(spec, key, bool, False, where)
+        elif key in ("boundaries", "values"):
+            if not isinstance(value, list) or not all(_finite(v) for v in value):
+                raise ConfigError(f"{where} key {key!r} must be a list of finite numbers, "
+                                  f"got {value!r}")
+        elif not _finite(value) or value < 0:
+            raise ConfigError(f"{where} key {key!r} must be a finite non-negative number, "
+                              f"got {value!r}")
 
 
 def _loss(spec: Any) -> None:
     if isinstance(spec, dict):
         check_keys(spec, {"name", "from_logits"}, "[training] loss")
+        _typed(spec, "from_logits", bool, False, "[training] loss")
         spec = spec.get("name")
-    if spec not in nn.LOSSES:
+    if not isinstance(spec, str) or spec not in nn.LOSSES:
         raise ConfigError(f"[training] unknown loss {spec!r}{did_you_mean(str(spec), nn.LOSSES)}"
                           f"; expected one of {', '.join(sorted(nn.LOSSES))}")
 
@@ -257,17 +308,21 @@ def _optimizer(spec: Any) -> Any:
                           f"{', '.join(OPTIMIZER_KEYS)}")
     check_keys(spec, OPTIMIZER_KEYS[name] | {"name"}, where)
     for key, value in spec.items():
-        if key == "name" or key == "nesterov":
+        if key == "name":
+            continue
+        if key == "nesterov":
+            _typed(spec, "nesterov", bool, False, where)
             continue
         if key == "learning_rate" and isinstance(value, dict):
             kind = value.get("name")
-            if kind not in SCHEDULE_KEYS:
+            if not isinstance(kind, str) or kind not in SCHEDULE_KEYS:
                 raise ConfigError(f"{where} learning_rate schedule {kind!r} is unknown; "
                                   f"expected one of {', '.join(SCHEDULE_KEYS)}")
             check_keys(value, SCHEDULE_KEYS[kind] | {"name"}, f"{where} learning_rate")
+            _schedule_numbers(value, f"{where} learning_rate")
             continue
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-            raise ConfigError(f"{where} key {key!r} must be a non-negative number, "
+        if not _finite(value) or value < 0:
+            raise ConfigError(f"{where} key {key!r} must be a finite non-negative number, "
                               f"got {value!r}")
     try:
         optim.get(spec)

@@ -168,12 +168,24 @@ def _is_number(value: Any) -> bool:
     return _is_int(value) or (isinstance(value, (float, np.floating)) and math.isfinite(value))
 
 
-def _get_int(table: Mapping[str, Any], key: str, default: int, minimum: int = 1) -> int:
+def _get_int(table: Mapping[str, Any], key: str, default: int, minimum: int = 1,
+             maximum: int | None = None) -> int:
     value = table.get(key, default)
     if not _is_int(value) or value < minimum:
         kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise _type_error(key, kind, value)
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"[data] key {key!r} must be at most {maximum:,}, got {value:,}")
     return int(value)
+
+
+# Generated sets are drawn in float64 before they become float32: bound the values one asks for,
+# so a typo (`n = 10000000000`) is a config error, not an exhausted machine.
+MAX_GENERATED_VALUES = 1 << 25
+
+
+def _get_size(table: Mapping[str, Any], key: str, default: int, per_row: int = 1) -> int:
+    return _get_int(table, key, default, maximum=max(1, MAX_GENERATED_VALUES // per_row))
 
 
 def _get_float(table: Mapping[str, Any], key: str, default: float, minimum: float) -> float:
@@ -287,7 +299,7 @@ def _generated(name: str, seed: int, x: np.ndarray, y: np.ndarray, task: str,
 
 @_source("blobs", {"n"})
 def _blobs(table: Mapping[str, Any], base_dir: Path, seed: int) -> Dataset:
-    n = _get_int(table, "n", 500)
+    n = _get_size(table, "n", 500, per_row=4)
     rng = np.random.default_rng(seed)
     centres = np.array([[3.0, 2.0], [-3.0, -2.0]])
     labels = np.repeat(np.arange(2, dtype=np.int64), n)
@@ -299,9 +311,12 @@ def _blobs(table: Mapping[str, Any], base_dir: Path, seed: int) -> Dataset:
 
 @_source("linear", {"m", "inputs", "outputs", "noise"})
 def _linear(table: Mapping[str, Any], base_dir: Path, seed: int) -> Dataset:
-    m = _get_int(table, "m", 100)
-    n = _get_int(table, "inputs", 1)
-    d = _get_int(table, "outputs", 3)
+    n = _get_size(table, "inputs", 1)
+    d = _get_size(table, "outputs", 3)
+    m = _get_size(table, "m", 100, per_row=n + d)
+    if n * d > MAX_GENERATED_VALUES:
+        raise ConfigError(f"[data] inputs * outputs must be at most {MAX_GENERATED_VALUES:,} "
+                          f"(the true weights are drawn), got {n} * {d}")
     noise = _get_float(table, "noise", 1.0, minimum=0.0)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((m, n))
@@ -316,7 +331,7 @@ def _linear(table: Mapping[str, Any], base_dir: Path, seed: int) -> Dataset:
 
 @_source("exp", {"n"})
 def _exp(table: Mapping[str, Any], base_dir: Path, seed: int) -> Dataset:
-    n = _get_int(table, "n", 1000)
+    n = _get_size(table, "n", 1000, per_row=2)
     x = np.random.default_rng(seed).random((n, 1)).astype(np.float32)
     # Targets from the float32 inputs the model will see, so they are exact for those inputs.
     y = np.exp(x.astype(np.float64)).astype(np.float32)
@@ -325,7 +340,7 @@ def _exp(table: Mapping[str, Any], base_dir: Path, seed: int) -> Dataset:
 
 @_source("sumprod", {"n"})
 def _sumprod(table: Mapping[str, Any], base_dir: Path, seed: int) -> Dataset:
-    n = _get_int(table, "n", 1500)
+    n = _get_size(table, "n", 1500, per_row=4)
     x = np.random.default_rng(seed).random((n, 2)).astype(np.float32)
     x64 = x.astype(np.float64)
     y = np.stack([x64[:, 0] + x64[:, 1], x64[:, 0] * x64[:, 1]], axis=1).astype(np.float32)

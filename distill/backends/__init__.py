@@ -93,6 +93,30 @@ def check_output_width(config: Config, prep: Prepared, width: int, layer: str) -
                         f"{what}")
 
 
+# Trainable values a config may ask for (weights, plus the optimizer's slots beside them):
+# 2**26 float32 is 256 MiB, far beyond a small network.
+MAX_PARAMETERS = 1 << 26
+
+
+def check_parameters(layers: list, input_shape: tuple[int, ...]) -> None:
+    """Count the dense weights the layers will create on this input, before creating any.
+
+    A shape the layers cannot take is left for `build` to report in its own words.
+    """
+    shape, total = tuple(input_shape), 0
+    for layer in layers:
+        try:
+            out = tuple(layer.compute_output_shape(shape))
+        except (ValueError, TypeError, IndexError, ZeroDivisionError):
+            return
+        if isinstance(layer, nn.Dense) and shape:
+            total += (shape[-1] + 1) * layer.units
+        shape = out
+    if total > MAX_PARAMETERS:
+        raise DataError(f"the layers need {total:,} parameters on data of shape "
+                        f"{tuple(input_shape)}; the most distill trains is {MAX_PARAMETERS:,}")
+
+
 def labels_for(prep: Prepared) -> list[str] | None:
     names = prep.train.class_names
     return list(names) if names and prep.classes else None

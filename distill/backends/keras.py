@@ -13,12 +13,26 @@ What it promises:
 - Every unsupported layer is listed at once, in one error.
 - Every import ends by comparing the Keras model's own predictions with `ir.run`'s on random
   inputs; a mismatch is an error, not a warning.
+- A file is checked before Keras reads it (`preflight`): a damaged archive, a zip bomb or a
+  config declaring layers far larger than the file is one ModelFormatError, with no TensorFlow
+  loaded and nothing allocated; Keras then loads in safe mode (no lambdas, no foreign modules).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import json
 import os
-from collections.abc import Callable
+import select
+import subprocess
+import sys
+import tempfile
+import time
+import tokenize
+import zipfile
+from collections.abc import Callable, Iterator
+from math import prod
 from pathlib import Path
 from typing import Any
 
@@ -273,30 +287,381 @@ def compare_with_keras(model, result: ir.Model, samples: int = 64, seed: int = 0
     return float(err.max(initial=0.0))
 
 
-def load_keras(path: str | os.PathLike) -> ir.Model:
-    """Read a `.keras` or `.h5` file with Keras and import it."""
+def load_keras(path: str | os.PathLike, isolate: bool = False) -> ir.Model:
+    """Read a `.keras` or `.h5` file with Keras and import it.
+
+    The file is checked before Keras sees it (`preflight`): Keras builds every layer a config
+    declares, so a config of a few bytes could otherwise ask for terabytes. TensorFlow's native
+    start-up and load chatter is kept off stderr, where distill prints one line per error.
+
+    `isolate=True` (the command line) reads the file in a worker process instead, under a time
+    limit: HDF5 and TensorFlow are native code, and a damaged file can make them loop forever
+    or crash, which no check in this process could stop. The worker has only Keras's own
+    classes, so a model of custom classes registered in this process needs `isolate=False`.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ModelFormatError(f"{path}: is a directory, not a Keras .keras or .h5 file")
     if not path.is_file():
-        raise ModelFormatError(f"{path}: no such file")
+        what = "not a regular file" if path.exists() else "no such file"
+        raise ModelFormatError(f"{path}: {what}")
+    if isolate:
+        preflight(path, hdf5=False)  # the HDF5 part runs in the worker, under its time limit
+        return _WORKER.load(path)
+    preflight(path)
+    return _load_checked(path)
+
+
+def _load_checked(path: Path) -> ir.Model:
+    """Keras's load and the import, once `preflight` has passed."""
+    with _native_stderr_quiet():
+        try:
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up quiet
+            import keras
+        except ImportError:
+            raise DistillError(f"{path}: reading Keras files needs TensorFlow "
+                               "(pip install 'distill[tensorflow]')") from None
+        try:
+            # safe_mode (the default, spelled out): no Python lambdas, no foreign modules.
+            model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        except Exception as e:  # Keras raises many kinds; every one means "cannot read this file"
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise ModelFormatError(f"{path}: Keras cannot load it ({first})") from None
+        return import_keras(model, name=path.stem, metadata={"source_file": path.name})
+
+
+# ------------------------------------------------------------------- the isolated reader
+
+# Seconds a worker may take to start (it imports TensorFlow) and to read one file.
+KERAS_START_SECONDS = 600.0
+KERAS_SECONDS = float(os.environ.get("DISTILL_KERAS_TIMEOUT", "120"))
+
+
+class _Worker:
+    """A child process that imports TensorFlow once and then reads Keras files on request.
+
+    Requests are one JSON line (the path); answers one JSON line, then for a model the bytes of
+    its `.distill` archive (loaded here with `ir.load`: validated, never unpickled). A worker
+    that overruns its time is killed and the next request starts a fresh one; one that dies (a
+    crash in native code) is reported and replaced the same way.
+    """
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.buffer = b""
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(OSError):
+                self.proc.kill()
+            self.proc.wait()
+            for stream in (self.proc.stdin, self.proc.stdout):
+                with contextlib.suppress(OSError):
+                    stream.close()
+        self.proc, self.buffer = None, b""
+
+    def _start(self, path: Path) -> None:
+        env = dict(os.environ)
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        here = str(Path(__file__).resolve().parent.parent.parent)  # the folder holding distill
+        env["PYTHONPATH"] = os.pathsep.join([here, *filter(None, [env.get("PYTHONPATH")])])
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from distill.backends.keras import _serve; _serve()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        self.buffer = b""
+        ready = self._answer(path, KERAS_START_SECONDS, "start")
+        if not ready.get("ready"):
+            self.stop()
+            raise DistillError(f"{path}: {ready.get('message', 'the Keras reader did not start')}")
+
+    def load(self, path: Path) -> ir.Model:
+        if self.pid is None:
+            self._start(path)
+        self.proc.stdin.write((json.dumps(str(path)) + "\n").encode())
+        self.proc.stdin.flush()
+        answer = self._answer(path, KERAS_SECONDS, "read")
+        if not answer.get("ok"):
+            kind = ModelFormatError if answer.get("kind") == "ModelFormatError" else DistillError
+            raise kind(answer.get("message", f"{path}: Keras cannot load it"))
+        data = self._read(int(answer["size"]), path, KERAS_SECONDS)
+        with tempfile.TemporaryDirectory(prefix="distill-keras-") as folder:
+            tmp = Path(folder) / "imported.distill"
+            tmp.write_bytes(data)
+            return ir.load(tmp)
+
+    def _answer(self, path: Path, seconds: float, what: str) -> dict:
+        deadline = time.monotonic() + seconds
+        while b"\n" not in self.buffer:
+            self._fill(path, deadline, what, seconds)
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def _read(self, size: int, path: Path, seconds: float) -> bytes:
+        deadline = time.monotonic() + seconds
+        while len(self.buffer) < size:
+            self._fill(path, deadline, "read", seconds)
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
+    def _fill(self, path: Path, deadline: float, what: str, seconds: float) -> None:
+        fd = self.proc.stdout.fileno()
+        left = deadline - time.monotonic()
+        ready = select.select([fd], [], [], max(left, 0))[0] if left > 0 else []
+        if not ready:
+            self.stop()
+            doing = "start" if what == "start" else "finish reading it"
+            raise ModelFormatError(f"{path}: Keras did not {doing} within {seconds:g} s (a "
+                                   "damaged HDF5 file can make it loop forever); not imported")
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            code = self.proc.wait()
+            self.stop()
+            how = f"killed by signal {-code}" if code < 0 else f"exit {code}"
+            raise ModelFormatError(f"{path}: Keras crashed reading it ({how}); not imported")
+        self.buffer += chunk
+
+
+_WORKER = _Worker()
+atexit.register(_WORKER.stop)
+
+
+def _serve() -> None:
+    """The worker's loop (see `_Worker`): protocol on a private copy of stdout, while fd 1
+    and 2 point at nothing, so that no print or native log can corrupt an answer."""
+    proto = os.fdopen(os.dup(1), "wb")
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    with contextlib.suppress(OSError, AttributeError):  # die with the parent (Linux)
+        import ctypes
+        ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+
+    def send(header: dict, data: bytes = b"") -> None:
+        proto.write((json.dumps(header) + "\n").encode() + data)
+        proto.flush()
     try:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up quiet
-        import keras
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import keras  # noqa: F401  (once, before the first request)
     except ImportError:
-        raise DistillError(f"{path}: reading Keras files needs TensorFlow "
-                           "(pip install 'distill[tensorflow]')") from None
+        send({"ready": False, "message": "reading Keras files needs TensorFlow "
+                                         "(pip install 'distill[tensorflow]')"})
+        return
+    send({"ready": True})
+    for line in sys.stdin.buffer:
+        path = Path(json.loads(line))
+        try:
+            preflight(path)
+            model = _load_checked(path)
+            with tempfile.TemporaryDirectory(prefix="distill-keras-") as folder:
+                ir.save(model, Path(folder) / "m.distill")
+                data = (Path(folder) / "m.distill").read_bytes()
+            send({"ok": True, "size": len(data)}, data)
+        except DistillError as e:
+            send({"ok": False, "kind": type(e).__name__, "message": str(e)})
+        except Exception as e:  # a bug in distill's import: one line, and it says so
+            send({"ok": False, "kind": "DistillError", "message": f"{path}: internal error "
+                  f"while importing ({type(e).__name__}: {_first_line(e)}); please report it"})
+
+
+# What a Keras file may make this process allocate beyond its own size: Keras builds (and
+# randomly initializes) every declared weight before reading the file's values, and the import
+# check runs 64 samples through the model.
+MAX_KERAS_BYTES = 128 << 20
+MAX_KERAS_CONFIG = 16 << 20
+# Config keys whose integers size a weight, and keys that hold a shape.
+_SIZE_KEYS = {"units", "filters", "input_dim", "output_dim", "num_heads", "key_dim", "value_dim",
+              "max_tokens", "num_tokens", "depth"}
+_SHAPE_KEYS = {"batch_shape", "batch_input_shape", "input_shape", "shape", "target_shape",
+               "output_shape"}
+
+
+def preflight(path: Path, hdf5: bool = True) -> None:
+    """Refuse a Keras file whose archive or config is damaged, a zip bomb, or declares layers
+    too large to build, without loading TensorFlow; raises ModelFormatError. `hdf5=False`
+    skips reading an `.h5` file's config (native code, which may not return)."""
+    size = path.stat().st_size
+    if size == 0:
+        raise ModelFormatError(f"{path}: empty file, not a Keras model")
+    if path.suffix.lower() == ".keras":
+        config = _keras_archive_config(path, size)
+    elif hdf5:
+        config = _h5_config(path)
+    else:
+        return
+    if config is None:
+        return  # Keras will say what is missing
+    params, widest = _declared_sizes(config, path)
+    need = 4 * (params + 2 * 64 * widest)
+    if need > MAX_KERAS_BYTES + 2 * size:
+        raise ModelFormatError(f"{path}: declares layers needing about {need:,} bytes for a "
+                               f"{size:,}-byte file; distill imports small models only")
+
+
+def _keras_archive_config(path: Path, size: int) -> Any:
     try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as e:  # Keras raises many kinds; every one means "cannot read this file"
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ModelFormatError(f"{path}: Keras cannot load it ({first})") from None
-    return import_keras(model, name=path.stem, metadata={"source_file": path.name})
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+            inflated = sum(i.file_size for i in infos)
+            # zipfile stops at the declared size, so declared sizes bound what reading costs.
+            if inflated > MAX_KERAS_BYTES + 16 * size:
+                raise ModelFormatError(f"{path}: its entries inflate to {inflated:,} bytes "
+                                       f"from {size:,}; not a Keras model (a zip bomb?)")
+            try:
+                info = z.getinfo("config.json")
+            except KeyError:
+                raise ModelFormatError(f"{path}: not a Keras model archive (no config.json "
+                                       "inside)") from None
+            if info.file_size > MAX_KERAS_CONFIG:
+                raise ModelFormatError(f"{path}: config.json is larger than "
+                                       f"{MAX_KERAS_CONFIG:,} bytes")
+            text = z.read(info)
+    except ModelFormatError:
+        raise
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError,
+            NotImplementedError) as e:
+        raise ModelFormatError(f"{path}: not a Keras model archive ({_first_line(e)})") from None
+    return _parse_config(text, path)
+
+
+def _h5_config(path: Path) -> Any:
+    try:
+        import h5py
+    except ImportError:
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get("model_config")
+            if raw is None:
+                return None
+            if isinstance(raw, bytes) and len(raw) > MAX_KERAS_CONFIG:
+                raise ModelFormatError(f"{path}: model_config is larger than "
+                                       f"{MAX_KERAS_CONFIG:,} bytes")
+    except ModelFormatError:
+        raise
+    except Exception as e:  # h5py raises OSError, KeyError, ValueError, ... for damaged files
+        raise ModelFormatError(f"{path}: not a readable HDF5 Keras file "
+                               f"({_first_line(e)})") from None
+    return _parse_config(raw, path)
+
+
+def _parse_config(raw: Any, path: Path) -> Any:
+    try:
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8")
+        if not isinstance(raw, str):
+            raise ValueError(f"a {type(raw).__name__}, not JSON text")
+        return json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise ModelFormatError(f"{path}: the model config is not JSON ({_first_line(e)})") \
+            from None
+
+
+def _declared_sizes(config: Any, path: Path) -> tuple[int, int]:
+    """An upper estimate of the weights a config declares, and its widest shape."""
+    sizes, widest, stack, seen = [], 1, [config], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > 1_000_000:
+            raise ModelFormatError(f"{path}: the model config is too large to be a small model")
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in _SIZE_KEYS and _is_count(value):
+                    sizes.append(value)
+                elif key in _SHAPE_KEYS and isinstance(value, list) and value and all(
+                        d is None or _is_count(d) or _is_int(d) for d in value):
+                    widest = max(widest, prod(d for d in value if _is_count(d)))
+                else:
+                    stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(node)
+    widest = max([widest, *sizes])
+    return sum(s * widest + s for s in sizes), widest
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_count(value: Any) -> bool:
+    return _is_int(value) and value > 0
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return (lines[0] if lines else type(e).__name__)[:200]
+
+
+@contextlib.contextmanager
+def _native_stderr_quiet() -> Iterator[None]:
+    """Send what native code (TensorFlow's C++ logging, HDF5) writes to file descriptor 2 to a
+    temporary file for the duration; Python's own sys.stderr is left alone."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    sys.stderr.flush()
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 def is_keras_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in KERAS_SUFFIXES
 
 
-def load_any(path: str | os.PathLike) -> ir.Model:
-    """A `.distill` file, or a Keras file imported on the fly."""
-    return load_keras(path) if is_keras_file(path) else ir.load(path)
+def _check_entry_sizes(path: Path) -> None:
+    """Refuse a `.distill` whose stored entries claim a compressed size other than their size.
+
+    zipfile reads a stored entry by its compressed size: one claiming 2**32 bytes makes
+    `read()` allocate a gigabyte for a 5 KB file before anything can check it. ir.read_array
+    should read at most the declared size (a strict xfail in tests/test_hardening.py pins it);
+    until then this keeps the command line's memory bounded. An unreadable archive is left for
+    `ir.load` to describe.
+    """
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError,
+            NotImplementedError):
+        return
+    size = path.stat().st_size
+    for info in infos:
+        if info.compress_size > size or (info.compress_type == zipfile.ZIP_STORED
+                                         and info.compress_size != info.file_size):
+            raise ModelFormatError(f"{path}: not a distill model file (entry "
+                                   f"{ir._clip(info.filename)} claims {info.compress_size:,} "
+                                   f"stored bytes for {info.file_size:,})")
+
+
+def load_any(path: str | os.PathLike, isolate: bool = False) -> ir.Model:
+    """A `.distill` file, or a Keras file imported on the fly (`isolate`: see `load_keras`)."""
+    p = Path(path)
+    if p.exists() and not p.is_file() and not p.is_dir():
+        # A FIFO or a device would block the reader forever (or never end: /dev/zero).
+        raise ModelFormatError(f"{p}: not a regular file (a FIFO, socket or device); distill "
+                               "reads model files")
+    if is_keras_file(path):
+        return load_keras(path, isolate)
+    _check_entry_sizes(p)
+    try:
+        return ir.load(path)
+    except tokenize.TokenError as e:
+        # numpy's .npy header parser lets this escape for headers such as "((((": ir.read_array
+        # should catch it (a strict xfail in tests/test_hardening.py pins that); until then the
+        # command line still owes the user one line.
+        raise ModelFormatError(f"{p}: a weight's .npy header is unreadable ({e.args[0]})") \
+            from None
 

@@ -2,7 +2,8 @@
 
 Checkpoints are `nn.BackupAndRestore` files: weights, optimizer slots, the random generator
 and the position in the epoch, written atomically every `checkpoint_every` steps, so a killed
-run resumed with `resume=True` takes exactly the steps the uninterrupted run would have.
+run resumed with `resume=True` takes exactly the steps the uninterrupted run would have. The
+checkpoint is left in place when training ends: the caller removes it after saving the model.
 """
 
 from __future__ import annotations
@@ -15,8 +16,16 @@ import numpy as np
 
 from .. import nn, optim
 from ..config import Config
-from ..errors import ConfigError, DataError
-from . import TrainResult, check_output_width, evaluate_model, labels_for, metadata, prepare
+from ..errors import ConfigError, DataError, DistillError
+from . import (
+    TrainResult,
+    check_output_width,
+    check_parameters,
+    evaluate_model,
+    labels_for,
+    metadata,
+    prepare,
+)
 
 
 def build_model(config: Config, prep, seed: int) -> nn.Sequential:
@@ -24,6 +33,7 @@ def build_model(config: Config, prep, seed: int) -> nn.Sequential:
     if prep.standardize is not None:
         layers.insert(0, nn.Normalization(*prep.standardize, name="standardize"))
     model = nn.Sequential(layers, name=config.name, seed=seed)
+    check_parameters(layers, prep.x["train"].shape[1:])
     try:
         model.build(prep.x["train"].shape[1:])
     except ValueError as e:
@@ -32,6 +42,23 @@ def build_model(config: Config, prep, seed: int) -> nn.Sequential:
     last = model.layers[-1]
     check_output_width(config, prep, last.output_shape[-1], last.name)
     return model
+
+
+class Diverged(nn.Callback):
+    """Stop with one clear line when the loss stops being a number: the history (and so the
+    checkpoint) cannot hold NaN, and the weights would be useless anyway."""
+
+    def on_train_batch_end(self, step, logs=None):
+        loss = (logs or {}).get("loss", 0.0)
+        if not np.isfinite(loss):
+            raise DistillError(f"training diverged at step {self.model._fit.global_step}: the "
+                               f"loss is {loss}; lower the learning rate or standardize the data")
+
+    def on_epoch_end(self, epoch, logs=None):
+        bad = [k for k, v in (logs or {}).items() if not np.isfinite(v)]
+        if bad:
+            raise DistillError(f"training diverged in epoch {epoch + 1}: {', '.join(bad)} "
+                               "is not a finite number; lower the learning rate")
 
 
 def train(config: Config, *, epochs: int | None = None, seed: int | None = None,
@@ -48,11 +75,15 @@ def train(config: Config, *, epochs: int | None = None, seed: int | None = None,
         announce(f"training {config.name!r} ({model.count_params():,} parameters) on "
                  f"{sizes} samples of {prep.train.description}; backend numpy, device CPU "
                  f"(NumPy {np.__version__})")
-    cbs = list(callbacks or [])
+    # First, so that a diverged step is never written to the checkpoint.
+    cbs = [Diverged(), *(callbacks or [])]
     if checkpoint is not None:
         if not resume and Path(checkpoint).exists():
             os.remove(checkpoint)  # a fresh run must not pick up an old one
-        cbs.append(nn.BackupAndRestore(str(checkpoint), config.checkpoint_every))
+        # keep=True: the checkpoint outlives `fit`, so a kill between the last step and the
+        # saved model (evaluation, conversion, writing) loses nothing; the caller removes it
+        # once the model is on disk (`distill train` does).
+        cbs.append(nn.BackupAndRestore(str(checkpoint), config.checkpoint_every, keep=True))
     if config.early_stopping:
         es = dict(config.early_stopping)
         if "val_" in es.get("monitor", "val_loss") and "validation" not in prep.x:
@@ -61,9 +92,11 @@ def train(config: Config, *, epochs: int | None = None, seed: int | None = None,
         cbs.append(nn.EarlyStopping(**es))
     n = len(prep.x["train"])
     validation = (prep.x["validation"], prep.y["validation"]) if "validation" in prep.x else None
-    hist = model.fit(prep.x["train"], prep.y["train"], epochs=epochs,
-                     batch_size=config.batch_size or n, validation_data=validation,
-                     shuffle=config.shuffle, callbacks=cbs, verbose=verbose)
+    # Overflow shows up as a non-finite loss, which `Diverged` reports in one line.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        hist = model.fit(prep.x["train"], prep.y["train"], epochs=epochs,
+                         batch_size=config.batch_size or n, validation_data=validation,
+                         shuffle=config.shuffle, callbacks=cbs, verbose=verbose)
     model_ir = model.to_ir(labels=labels_for(prep))
     scores = evaluate_model(model_ir, config, prep)
     model_ir = model.to_ir(labels=labels_for(prep),

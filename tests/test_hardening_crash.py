@@ -1,0 +1,400 @@
+"""Crash safety: SIGKILL at random moments, read-only and full output locations.
+
+- `distill train` killed at 20 seeded-random moments, resumed with `--resume` after each: every
+  checkpoint found is readable and at most one checkpoint interval behind the last step the
+  run reported; the final weights and history equal an uninterrupted run's bit for bit (the
+  checkpoint holds the optimizer's slots and the random generator: the config has Adam and
+  dropout). A kill after the last step but before the model is written loses nothing.
+- `distill export --lang all` killed at 20 random moments while replacing an earlier export:
+  the folder is always the old export or the new one, byte for byte, and the next export works.
+- A read-only location (a directory without write permission, for a process without
+  CAP_DAC_OVERRIDE) and a full one (RLIMIT_FSIZE, so writes fail with EFBIG) give one line and
+  exit 2, and leave no partial file and no temporary behind.
+
+Run as root, the commands run without CAP_DAC_OVERRIDE and CAP_FOWNER (dropped from the
+bounding set before exec), so permissions bind them as they bind any user.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import random
+import resource
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import distill
+from distill import codegen, ir
+
+KILLS = 20
+CONFIG = """\
+name = "crash"
+seed = 11
+[data]
+source = "blobs"
+n = 200
+validation = 0.1
+[[model.layers]]
+type = "dense"
+units = 16
+activation = "tanh"
+[[model.layers]]
+type = "dropout"
+rate = 0.25
+[[model.layers]]
+type = "dense"
+units = 1
+activation = "sigmoid"
+[training]
+loss = "binary_crossentropy"
+optimizer = {name = "adam", learning_rate = 0.01}
+batch_size = 8
+epochs = 100
+checkpoint_every = 13
+metrics = ["accuracy"]
+"""
+EVERY = 13
+
+# The command line, with each finished step printed to stdout (before the checkpoint callback
+# runs) so the test knows how far the run got when it was killed. DIE_AFTER_TRAINING kills the
+# process between the last step and the saved model.
+DRIVER = """\
+import os, signal, sys
+from distill import cli, nn
+from distill.backends import numpy as backend
+original = nn.BackupAndRestore.on_train_batch_end
+def report(self, step, logs=None):
+    sys.stdout.write(f"STEP {self.model._fit.global_step}\\n")
+    sys.stdout.flush()
+    original(self, step, logs)
+nn.BackupAndRestore.on_train_batch_end = report
+if os.environ.get("DIE_AFTER_TRAINING"):
+    def die(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+    backend.evaluate_model = die
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def _drop_override() -> None:
+    """preexec_fn: make root subject to file permissions, as any user is."""
+    if os.geteuid() != 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_CAPBSET_DROP = 24
+    for cap in (1, 2, 3):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            os._exit(97)
+
+
+def _full(limit: int):
+    def preexec() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return preexec
+
+
+def distill_cmd(*args, preexec=None, env=None, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "distill.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, preexec_fn=preexec,
+                          env=env)
+
+
+def one_line_error(proc: subprocess.CompletedProcess, match: str, progress: bool = False) -> str:
+    """Exit 2 and one error line; `progress`: after the announcement a started run prints."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    if progress and len(lines) == 2 and lines[0].startswith("training '"):
+        lines = lines[1:]
+    assert len(lines) == 1 and lines[0].startswith("distill: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr and match in lines[0], lines[0]
+    return lines[0]
+
+
+def checkpoint_step(path: Path) -> int:
+    doc, z = ir.read_archive(path, "checkpoint.json", "distill checkpoint")
+    z.close()
+    return int(doc["global_step"])
+
+
+def weights(path: Path) -> list[bytes]:
+    model = distill.load(path)
+    return [n.weights[k].tobytes() for n in model.nodes for k in sorted(n.weights)]
+
+
+def history(path: Path) -> dict:
+    return json.loads(path.with_suffix(".history.json").read_text())
+
+
+def test_train_survives_sigkill_at_random_moments(tmp_path, record_property):
+    config = tmp_path / "c.toml"
+    config.write_text(CONFIG)
+    ref = tmp_path / "ref.distill"
+    proc = distill_cmd("train", config, "-o", ref, "-q")
+    assert proc.returncode == 0, proc.stderr
+    out, ckpt = tmp_path / "run.distill", tmp_path / "run.distill.ckpt"
+    rng = random.Random(20260101)
+    survived, lost, checkpoints, temporaries = 0, [], 0, 0
+    argv = [sys.executable, "-c", DRIVER, "train", str(config), "-o", str(out), "-q"]
+    for kill in range(KILLS):
+        resume = ["--resume"] if kill else []
+        proc = subprocess.Popen(argv + resume, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # A quarter of the kills land anywhere in start-up, restore and training (timed from
+        # the start), the rest during training (timed from its first step).
+        early = rng.random() < 0.25
+        delay = rng.uniform(0.0, 0.8) if early else rng.uniform(0.0, 0.15)
+        spawned = start = time.monotonic()
+        buf, started = b"", early
+        while proc.poll() is None:
+            ready, _, _ = select.select([proc.stdout], [], [], 0.005)
+            if ready:
+                buf += os.read(proc.stdout.fileno(), 65536)
+            if not started and b"STEP " in buf:
+                started, start = True, time.monotonic()
+            if started and time.monotonic() - start >= delay:
+                break
+            assert time.monotonic() - spawned < 60, "no training step within a minute"
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before kill {kill + 1}: make it longer "
+                        f"({proc.stderr.read().decode()[-500:]})")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        buf += proc.stdout.read()
+        proc.stdout.close()
+        proc.stderr.close()
+        steps = [int(line.split()[1]) for line in buf.decode().splitlines()
+                 if line.startswith("STEP ")]
+        assert not out.exists()
+        if ckpt.exists():
+            step = checkpoint_step(ckpt)  # always readable: written atomically
+            checkpoints += 1
+            if steps:
+                # Everything up to the last checkpoint is kept: at most one interval is lost
+                # (the epoch-end checkpoints only make the loss smaller).
+                assert steps[-1] - EVERY <= step <= steps[-1], (step, steps[-1])
+                lost.append(steps[-1] - step)
+        survived += 1
+        # What a kill mid-write leaves (the next run of the command removes it).
+        left = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+        assert len(left) <= 1, left  # never more than the one write that was cut short
+        temporaries += len(left)
+    proc = distill_cmd("train", config, "-o", out, "--resume", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert survived == KILLS and checkpoints >= KILLS // 2
+    assert weights(out) == weights(ref), "the resumed run's weights differ"
+    assert history(out) == history(ref), "the resumed run's history differs"
+    assert not ckpt.exists()
+    # Temporaries a kill left mid-write are cleared by the next run of the same command.
+    strays = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert strays == [], strays
+    record_property("train_kills", {"kills": survived, "checkpoints_read": checkpoints,
+                                    "max_steps_lost": max(lost, default=0),
+                                    "temporaries_left_by_kills": temporaries})
+    print(f"train: {survived} kills survived, {checkpoints} checkpoints read, at most "
+          f"{max(lost, default=0)} steps lost (interval {EVERY}); {temporaries} kills left a "
+          "temporary file, each removed by the next run")
+
+
+def test_a_kill_after_the_last_step_loses_nothing(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text(CONFIG.replace("epochs = 100", "epochs = 3"))
+    ref = tmp_path / "ref.distill"
+    assert distill_cmd("train", config, "-o", ref, "-q").returncode == 0
+    out = tmp_path / "run.distill"
+    argv = [sys.executable, "-c", DRIVER, "train", str(config), "-o", str(out), "-q"]
+    proc = subprocess.run(argv, capture_output=True, env={**os.environ,
+                                                          "DIE_AFTER_TRAINING": "1"})
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists() and (tmp_path / "run.distill.ckpt").exists()
+    proc = subprocess.run(argv + ["--resume"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "STEP" not in proc.stdout  # nothing trained again
+    assert weights(out) == weights(ref) and history(out) == history(ref)
+    assert not (tmp_path / "run.distill.ckpt").exists()
+
+
+def export_model(seed: int) -> ir.Model:
+    from test_hardening_fuzz import base_model
+    model = base_model()
+    rng = np.random.default_rng(seed)
+    nodes = tuple(ir.Node(n.name, n.op, n.attrs,
+                          {k: (v + rng.normal(size=v.shape).astype(np.float32)
+                               if k != "std" else v) for k, v in n.weights.items()},
+                          n.inputs, n.input_shape, n.output_shape) for n in model.nodes)
+    return ir.Model(model.name, model.input_shape, nodes, model.outputs, model.labels,
+                    dict(model.metadata))
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_export_survives_sigkill_at_random_moments(tmp_path, record_property):
+    old_model, new_model = tmp_path / "old.distill", tmp_path / "new.distill"
+    ir.save(export_model(1), old_model)
+    ir.save(export_model(2), new_model)
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "out"
+    for model, where in ((new_model, tmp_path / "want_new"), (old_model, out)):
+        assert distill_cmd("export", model, "--lang", "all", "-o", where).returncode == 0
+    old, new = snapshot(out), snapshot(tmp_path / "want_new")
+    assert old != new and old.keys() == new.keys()
+    start = time.monotonic()
+    assert distill_cmd("export", new_model, "--lang", "all", "-o", tmp_path / "timing"
+                       ).returncode == 0
+    full = time.monotonic() - start
+    rng = random.Random(7)
+    seen = {"old": 0, "new": 0}
+    for _ in range(KILLS // 2):  # test_export_killed_at_every_step... covers the rest
+        if snapshot(out) != old:  # start each round from the old export (set up in process)
+            codegen.export(distill.load(old_model), codegen.languages(), out)
+        proc = subprocess.Popen([sys.executable, "-m", "distill.cli", "export", str(new_model),
+                                 "--lang", "all", "-o", str(out)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.5 * full, 1.0 * full))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        now = snapshot(out)
+        assert now in (old, new), "the export folder is neither the old nor the new export"
+        seen["old" if now == old else "new"] += 1
+    strays = [p for p in work.iterdir() if p.name.startswith(".out.")]
+    # Temporary folders a SIGKILL left behind never stop the next export.
+    assert distill_cmd("export", new_model, "--lang", "all", "-o", out).returncode == 0
+    assert snapshot(out) == new
+    record_property("export_kills", {"kills": KILLS // 2, **seen,
+                                     "stray_temp_dirs": len(strays)})
+    print(f"export: {KILLS // 2} kills, folder was the old export {seen['old']} times and the new "
+          f"one {seen['new']} times, never anything else; {len(strays)} temporary folders "
+          "left by the kills")
+
+
+# `distill export`, killed by itself at a chosen point of replacing the folder: after the
+# KILL_AT-th file written into the temporary folder, or inside the clean-up that follows the
+# swap (KILL_AT=swap).
+EXPORT_DRIVER = """\
+import os, pathlib, shutil, signal, sys
+from distill import cli
+at, count = os.environ["KILL_AT"], [0]
+write_bytes, rmtree = pathlib.Path.write_bytes, shutil.rmtree
+def writing(self, data):
+    count[0] += 1
+    result = write_bytes(self, data)
+    if at != "swap" and count[0] == int(at):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result
+def cleaning(path, *args, **kwargs):
+    if at == "swap":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return rmtree(path, *args, **kwargs)
+pathlib.Path.write_bytes = writing
+shutil.rmtree = cleaning
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_export_killed_at_every_step_of_the_replacement(tmp_path, record_property):
+    old_model, new_model = tmp_path / "old.distill", tmp_path / "new.distill"
+    ir.save(export_model(1), old_model)
+    ir.save(export_model(2), new_model)
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "out"
+    assert distill_cmd("export", new_model, "--lang", "all", "-o", tmp_path / "new"
+                       ).returncode == 0
+    new = snapshot(tmp_path / "new")
+    points = [str(k) for k in range(1, len(new) + 1)] + ["swap"]
+    strays = 0
+    for first in (True, False):  # into a new folder, then over an earlier export
+        for at in points[:-1] if first else points:  # a new folder is renamed, not swapped
+            if out.exists():
+                subprocess.run(["rm", "-rf", str(out)], check=True)
+            if not first:  # in process: the old export is set up, not under test
+                codegen.export(distill.load(old_model), codegen.languages(), out)
+            old = snapshot(out) if out.exists() else None
+            proc = subprocess.run([sys.executable, "-c", EXPORT_DRIVER, "export", str(new_model),
+                                   "--lang", "all", "-o", str(out)], capture_output=True,
+                                  env={**os.environ, "KILL_AT": at})
+            assert proc.returncode == -signal.SIGKILL, (at, proc.stderr[-2000:])
+            now = snapshot(out) if out.exists() else None
+            assert now in (old, new), f"killed at {at}: neither the old folder nor the new one"
+            # A kill before the swap leaves the old state; one in the clean-up, the new one.
+            assert now == (new if at == "swap" else old), at
+            strays = len([p for p in work.iterdir() if p.name.startswith(".out.")])
+    assert distill_cmd("export", new_model, "--lang", "all", "-o", out).returncode == 0
+    assert snapshot(out) == new
+    record_property("export_step_kills", {"kills": 2 * len(points) - 1,
+                                           "stray_temp_dirs": strays})
+    print(f"export: killed at each of {len(points)} points, into a new folder and over an old "
+          f"one: always the old or the new export; {strays} temporary folders accumulated")
+
+
+# ------------------------------------------------------------- read-only and full locations
+
+@pytest.fixture
+def small(tmp_path) -> Path:
+    path = tmp_path / "m.distill"
+    ir.save(export_model(3), path)
+    np.save(tmp_path / "x.npy", np.zeros((2, 6), np.float32))
+    (tmp_path / "c.toml").write_text(CONFIG.replace("epochs = 100", "epochs = 1"))
+    return path
+
+
+def test_read_only_location_is_one_clear_line(small, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "keep.txt").write_text("old")
+    locked.chmod(0o555)
+    try:
+        probe = distill_cmd("export", small, "--lang", "c", "-o", locked / "probe",
+                            preexec=_drop_override)
+        assert probe.returncode != 97, "cannot drop CAP_DAC_OVERRIDE for the test"
+        one_line_error(probe, "Permission denied")
+        one_line_error(distill_cmd("export", small, "--lang", "all", "-o", locked / "out",
+                                   preexec=_drop_override), "cannot write here")
+        start = time.monotonic()
+        one_line_error(distill_cmd("train", tmp_path / "c.toml", "-o", locked / "m.distill",
+                                   preexec=_drop_override), "cannot write here")
+        assert time.monotonic() - start < 30  # refused before training, not after
+        one_line_error(distill_cmd("predict", small, "--input", tmp_path / "x.npy", "-o",
+                                   locked / "y.csv", preexec=_drop_override),
+                       "cannot write here")
+        assert [p.name for p in locked.iterdir()] == ["keep.txt"]
+    finally:
+        locked.chmod(0o755)
+    # A kernel file system that creates nothing, whoever asks.
+    one_line_error(distill_cmd("export", small, "--lang", "c", "-o", "/sys/distill-out"),
+                   "/sys")
+
+
+def test_full_location_is_one_clear_line_and_keeps_the_old_files(small, tmp_path):
+    out = tmp_path / "out"
+    assert distill_cmd("export", small, "--lang", "c", "-o", out).returncode == 0
+    before = snapshot(out)
+    full = _full(4096)  # the C self-test alone is larger
+    one_line_error(distill_cmd("export", small, "--lang", "all", "-o", out, preexec=full),
+                   "File too large")
+    assert snapshot(out) == before
+    model = tmp_path / "trained.distill"
+    model.write_bytes(b"old model")
+    err = one_line_error(distill_cmd("train", tmp_path / "c.toml", "-o", model,
+                                     preexec=_full(1024)), "File too large", progress=True)
+    assert "trained.distill.ckpt: cannot write the checkpoint" in err
+    assert model.read_bytes() == b"old model"
+    np.save(tmp_path / "big.npy", np.zeros((5000, 6), np.float32))
+    one_line_error(distill_cmd("predict", small, "--input", tmp_path / "big.npy", "-o",
+                               tmp_path / "y.csv", preexec=_full(4096)), "File too large")
+    assert not (tmp_path / "y.csv").exists()
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftovers == [], leftovers
