@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import tokenize
 import zipfile
 from collections.abc import Callable, Iterator
 from math import prod
@@ -622,46 +621,6 @@ def is_keras_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in KERAS_SUFFIXES
 
 
-def _check_entry_sizes(path: Path) -> None:
-    """Refuse a `.distill` whose stored entries claim a compressed size other than their size.
-
-    zipfile reads a stored entry by its compressed size: one claiming 2**32 bytes makes
-    `read()` allocate a gigabyte for a 5 KB file before anything can check it. ir.read_array
-    should read at most the declared size (a strict xfail in tests/test_hardening.py pins it);
-    until then this keeps the command line's memory bounded. An unreadable archive is left for
-    `ir.load` to describe.
-    """
-    try:
-        with zipfile.ZipFile(path) as z:
-            infos = z.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError,
-            NotImplementedError):
-        return
-    size = path.stat().st_size
-    for info in infos:
-        if info.compress_size > size or (info.compress_type == zipfile.ZIP_STORED
-                                         and info.compress_size != info.file_size):
-            raise ModelFormatError(f"{path}: not a distill model file (entry "
-                                   f"{ir._clip(info.filename)} claims {info.compress_size:,} "
-                                   f"stored bytes for {info.file_size:,})")
-
-
 def load_any(path: str | os.PathLike, isolate: bool = False) -> ir.Model:
     """A `.distill` file, or a Keras file imported on the fly (`isolate`: see `load_keras`)."""
-    p = Path(path)
-    if p.exists() and not p.is_file() and not p.is_dir():
-        # A FIFO or a device would block the reader forever (or never end: /dev/zero).
-        raise ModelFormatError(f"{p}: not a regular file (a FIFO, socket or device); distill "
-                               "reads model files")
-    if is_keras_file(path):
-        return load_keras(path, isolate)
-    _check_entry_sizes(p)
-    try:
-        return ir.load(path)
-    except tokenize.TokenError as e:
-        # numpy's .npy header parser lets this escape for headers such as "((((": ir.read_array
-        # should catch it (a strict xfail in tests/test_hardening.py pins that); until then the
-        # command line still owes the user one line.
-        raise ModelFormatError(f"{p}: a weight's .npy header is unreadable ({e.args[0]})") \
-            from None
-
+    return load_keras(path, isolate) if is_keras_file(path) else ir.load(path)
