@@ -501,13 +501,13 @@ def test_fuzz_model_json_text(base, rng):
     fuzz_one(base, "json_text", rng)
 
 
-@settings(FUZZ, max_examples=35)
+@settings(FUZZ, max_examples=30)
 @given(rng=st.randoms(use_true_random=False))
 def test_fuzz_weight_entries(base, rng):
     fuzz_one(base, "entries", rng)
 
 
-@settings(max_examples=40, deadline=None, database=None)
+@settings(FUZZ, max_examples=25)
 @given(rng=st.randoms(use_true_random=False))
 def test_fuzz_zip_headers(base, rng):
     fuzz_one(base, "zip_headers", rng)
