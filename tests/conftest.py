@@ -1,5 +1,7 @@
 """Shared fixtures: the six reference workloads, each trained once per test session."""
 
+import importlib
+import os
 from pathlib import Path
 
 import pytest
@@ -21,3 +23,11 @@ def workload():
             cache[name] = (config, train(config, verbose=0))
         return cache[name]
     return get
+
+
+def require(module: str):
+    """Import an optional test dependency. In CI (CI set) it must be there: a missing one fails
+    the run instead of skipping quietly; elsewhere the tests that need it skip."""
+    if os.environ.get("CI"):
+        return importlib.import_module(module)
+    return pytest.importorskip(module)

@@ -22,7 +22,6 @@ import json
 import os
 import re
 import threading
-import time
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -235,8 +234,9 @@ def test_error_messages_are_one_printable_line_whatever_the_path(tmp_path):
 
 # ------------------------------------------------------------------------ library-level bugs
 
-def test_loading_many_nodes_is_not_quadratic(tmp_path):
-    """30,000 small nodes (a 4 MB model.json) must load in about a second, not a minute."""
+def test_loading_many_nodes_is_not_quadratic(tmp_path, monkeypatch):
+    """Name checks share one set per pass: building a new set per node made 30,000 nodes take
+    ~7 s and 100,000 over a minute. Checked by what the loader does, not by a clock."""
     model = ir.make_model("m", (2,), [("r", "relu", {}, {})])
     ir.save(model, tmp_path / "one.distill")
 
@@ -247,14 +247,17 @@ def test_loading_many_nodes_is_not_quadratic(tmp_path):
         d["outputs"] = ["r29999"]
         return d
     path = with_doc(tmp_path / "one.distill", tmp_path / "many.distill", many)
-    start = time.perf_counter()
-    try:
-        with alarm(4):
-            model = ir.load(path)  # a second here; the quadratic check took ~7 s
-    except Exception as e:  # the alarm
-        pytest.fail(f"{e}")
+    kept = []  # the containers themselves, kept alive so no two can share an id
+    check = ir._check_node_name
+
+    def recording(name, seen):
+        if not any(seen is k for k in kept[-3:]):
+            kept.append(seen)
+        return check(name, seen)
+    monkeypatch.setattr(ir, "_check_node_name", recording)
+    model = ir.load(path)
     assert len(model.nodes) == 30_000
-    assert time.perf_counter() - start < 4
+    assert len(kept) <= 2  # one for the names pass, one for validate: never one per node
 
 
 def test_ir_load_refuses_an_unparsable_npy_header(saved, tmp_path):
@@ -420,8 +423,7 @@ CONFIG_CASES = [
 def test_config_errors_are_one_line_before_training(tmp_path, text, match):
     config = tmp_path / "c.toml"
     config.write_text(text, encoding="utf-8", errors="surrogateescape")
-    start = time.perf_counter()
-    with alarm(30):
+    with alarm(30):  # a hang guard, not a speed test
         code, out, err, peak = run_cli(["train", str(config), "-o", str(tmp_path / "m.distill"),
                                         "-q"])
     line = check_error(code, err, ["train", config])
@@ -429,7 +431,7 @@ def test_config_errors_are_one_line_before_training(tmp_path, text, match):
     # Before training: no "training ..." announcement, nothing written, little time and memory.
     assert "training '" not in err and out == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml"]
-    assert time.perf_counter() - start < 10 and peak < 64 << 20
+    assert peak < 64 << 20
 
 
 def test_a_diverging_run_is_one_line_not_a_traceback(tmp_path):

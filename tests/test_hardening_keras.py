@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_hardening_fuzz import (
@@ -40,7 +41,7 @@ from test_hardening_fuzz import (
     zip_bytes,
 )
 
-pytest.importorskip("keras", reason="tensorflow-cpu is part of the [test] extra")
+require("keras")  # tensorflow-cpu is part of the [test] extra
 MAX_RSS_GROWTH = 200 << 20
 # sha256 of the .h5 on which libhdf5 loops (tensorflow-cpu 2.21, Keras 3.15, h5py as installed).
 LOOPING_H5 = "168943e538cfdc0d98f0b19ac121a31ab793b47e396bd14d4bccb934a6717fa9"

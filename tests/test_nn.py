@@ -407,7 +407,8 @@ def test_to_ir_keeps_names_and_exact_slopes():
 
 
 def test_tensorflow_gradients_agree_on_a_small_mlp():
-    tf = pytest.importorskip("tensorflow")
+    from conftest import require
+    tf = require("tensorflow")
     rng = np.random.default_rng(0)
     x = rng.normal(size=(8, 5)).astype(np.float32)
     labels = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 8)]

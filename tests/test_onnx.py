@@ -5,9 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require  # noqa: E402
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+onnx = require("onnx")
+ort = require("onnxruntime")
 
 import distill  # noqa: E402
 from distill import ir, ops  # noqa: E402
@@ -190,7 +191,7 @@ def test_op_without_lowering_names_node_and_op(monkeypatch):
 
 
 def test_trained_digits_workload_runs_the_same_in_onnxruntime(tmp_path):
-    pytest.importorskip("sklearn")  # the digits set ships with scikit-learn
+    require("sklearn")  # the digits set ships with scikit-learn
     from distill.backends import prepare, train
     from distill.config import load_config
 

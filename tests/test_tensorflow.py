@@ -11,15 +11,13 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import require  # noqa: E402
 
 import distill
 from distill import codegen
 from distill.verify import verify
 
-if os.environ.get("CI"):
-    import keras
-else:
-    keras = pytest.importorskip("keras")
+keras = require("keras")
 
 from conftest import WORKLOADS  # noqa: E402
 
