@@ -286,7 +286,7 @@ def test_go_is_gofmt_and_vet_clean(tmp_path):
 
 
 def test_c_and_go_agree_bit_for_bit(tmp_path, workload):
-    """Same accumulation order, no contraction, exp in double: the same bits."""
+    """Same accumulation order, no contraction, the same exp: the same bits."""
     model = workload("digits")[1].model
     x = codegen.golden_samples(model, 64)
     codegen.export(model, ["c", "go"], tmp_path / "e", name="m")
@@ -323,6 +323,111 @@ def test_c_and_go_agree_bit_for_bit(tmp_path, workload):
                                  "DUMP_INPUT": str(tmp_path / "x.bin")}).stdout
     go_bits = [line.split()[1] for line in go_out.splitlines() if line.startswith("BITS ")]
     assert len(c_out) == len(x) * 10 and c_out == go_bits
+
+
+EXP_SWEEP_C = """#include "m.c"
+#include <stdio.h>
+
+/* every 61st bit pattern of x >= 0 up to infinity, then the special values */
+int main(void)
+{
+    static const float special[] = {0.0f, -0.0f, 1e-45f, 87.3f, 103.9f, 103.98f, 104.0f, 1e30f,
+                                    -1e30f, 1.0f / 0.0f, -1.0f / 0.0f};
+    unsigned long long hash = 0;
+    double worst = 0.0;
+    uint32_t b;
+    size_t i;
+
+    for (b = 0; b < 0x7F800000u; b += 61u) {
+        float x, y, w;
+        double want, ulp;
+        uint32_t u;
+
+        memcpy(&x, &b, sizeof x);
+        y = exp_neg_abs(x);
+        if (y != exp_neg_abs(-x)) {
+            printf("not even at %08x\\n", (unsigned)b);
+            return 1;
+        }
+        want = exp(-(double)x);
+        w = (float)want;
+        ulp = fabs((double)y - want) / ((double)nextafterf(w, 1.0f / 0.0f) - (double)w);
+        worst = ulp > worst ? ulp : worst;
+        memcpy(&u, &y, sizeof u);
+        hash = hash * 1099511628211ull + u;
+    }
+    printf("%016llx %.3f\\n", hash, worst);
+    for (i = 0; i < sizeof special / sizeof special[0]; ++i) {
+        float y = exp_neg_abs(special[i]);
+        uint32_t u;
+
+        memcpy(&u, &y, sizeof u);
+        printf("%08x\\n", (unsigned)u);
+    }
+    return exp_neg_abs(0.0f / 0.0f) == exp_neg_abs(0.0f / 0.0f);    /* NaN: 0 */
+}
+"""
+
+EXP_SWEEP_GO = """package m
+
+import (
+\t"fmt"
+\t"math"
+\t"testing"
+)
+
+func TestExpSweep(t *testing.T) {
+\tvar hash uint64
+\tworst := 0.0
+\tfor b := uint32(0); b < 0x7f800000; b += 61 {
+\t\tx := math.Float32frombits(b)
+\t\ty := expNegAbs(x)
+\t\tif y != expNegAbs(-x) {
+\t\t\tt.Fatalf("not even at %08x", b)
+\t\t}
+\t\twant := math.Exp(-float64(x))
+\t\tw := float32(want)
+\t\tulp := math.Abs(float64(y)-want) / (float64(math.Nextafter32(w, float32(math.Inf(1)))) - float64(w))
+\t\tworst = math.Max(worst, ulp)
+\t\thash = hash*1099511628211 + uint64(math.Float32bits(y))
+\t}
+\tfmt.Printf("SWEEP %016x %.3f\\n", hash, worst)
+\tinf := float32(math.Inf(1))
+\tfor _, x := range []float32{0, negZero, 1e-45, 87.3, 103.9, 103.98, 104, 1e30, -1e30, inf, -inf} {
+\t\tfmt.Printf("SWEEP %08x\\n", math.Float32bits(expNegAbs(x)))
+\t}
+\tif v := expNegAbs(float32(math.NaN())); v == v {
+\t\tt.Fatal("NaN in, a number out")
+\t}
+}
+"""
+
+
+def test_exp_is_accurate_and_the_same_in_c_and_go(tmp_path):
+    """exp_neg_abs (C) and expNegAbs (Go), the exp behind sigmoid and softmax: on every 61st
+    float from 0 to infinity and on special values, the same bits in both languages and within
+    1.3 ULP of the correctly rounded e^-|x|; 0 from 104 on, NaN for NaN."""
+    codegen.export(tiny_model(), ["c", "go"], tmp_path, name="m")
+    (tmp_path / "c" / "sweep.c").write_text(EXP_SWEEP_C)
+    subprocess.run(["cc", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-o", "sweep",
+                    "sweep.c", "-lm"], cwd=tmp_path / "c", check=True)
+    c_out = subprocess.run(["./sweep"], cwd=tmp_path / "c", capture_output=True, text=True,
+                           check=True).stdout.split("\n")
+    (tmp_path / "go" / "sweep_test.go").write_text(EXP_SWEEP_GO)
+    go_out = subprocess.run(["go", "test", "-count=1", "-run", "TestExpSweep", "-v", "."],
+                            cwd=tmp_path / "go", capture_output=True, text=True, check=True,
+                            env={**os.environ, "GOTOOLCHAIN": "local"}).stdout
+    go_out = [line[6:] for line in go_out.splitlines() if line.startswith("SWEEP ")]
+    assert c_out[:12] == go_out
+    hash_, worst = c_out[0].split()
+    assert float(worst) <= 1.3
+    specials = [np.uint32(int(h, 16)).view(np.float32) for h in c_out[1:12]]
+    want = np.exp(-np.abs(np.array([0.0, -0.0, 1e-45, 87.3, 103.9, 103.98, 104.0, 1e30, -1e30,
+                                    np.inf, -np.inf], np.float32).astype(np.float64)))
+    ulps = np.abs(np.array(specials[:6], np.float64) - want[:6]) / np.spacing(
+        want[:6].astype(np.float32)).astype(np.float64)
+    assert np.all(ulps <= 1.3), ulps
+    assert specials[6:] == [0.0] * 5
 
 
 # ------------------------------------------------------------------------------ the command

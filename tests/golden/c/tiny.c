@@ -18,17 +18,65 @@
 #include "tiny.h"
 
 #include <math.h>
+#include <stdint.h>
+#include <string.h>
 
 /*
  * Sums run in a fixed order: each output starts from its bias and adds input i's product for
  * i = 0, 1, 2, ... in turn, one rounding per operation; products are never fused into FMAs
- * (GCC does not contract in ISO C mode, -std=c99; clang is told so below). exp and tanh are
- * computed in double and rounded to float. tiny_predict_batch computes each value with
- * the same operations in the same order as tiny_predict, so the two agree bit for bit.
+ * (GCC does not contract in ISO C mode, -std=c99; clang is told so below). exp is
+ * exp_neg_abs below, in float; tanh is computed in double and rounded to float.
+ * tiny_predict_batch computes each value with the same operations in the same order as
+ * tiny_predict, so the two agree bit for bit.
  */
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
 #endif
+
+/*
+ * e^-|x| (1.3 ULP at most; 0 from |x| = 104 on, NaN for NaN) without branches, so that loops
+ * calling it vectorize: |x| is clamped to 104 with integer arithmetic on its bits (NaN kept),
+ * n = round(-|x| / ln 2) comes from adding 1.5 * 2^23, r = -|x| - n ln 2 (ln 2 split in two
+ * parts), e^r is a degree-6 polynomial, and 2^n is applied as two exact powers of two so that
+ * results down to the smallest subnormal round once.
+ */
+static inline float exp_neg_abs(float x)
+{
+    uint32_t a;
+    uint32_t d;
+    uint32_t k;
+    uint32_t k1;
+    float v;
+    float t;
+    float n;
+    float r;
+    float p;
+    float s1;
+    float s2;
+
+    memcpy(&a, &x, sizeof a);
+    a &= 0x7FFFFFFFu;                            /* |x| */
+    k = 0u - ((0x7F800000u - a) >> 31);          /* all ones if x is NaN */
+    d = a - 0x42D00000u;                         /* 0x42D00000 is 104.0f */
+    a = 0x42D00000u + (d & (0u - (d >> 31)));    /* min(|x|, 104) */
+    a |= k & 0x7FC00000u;                        /* NaN stays NaN */
+    memcpy(&v, &a, sizeof v);
+    v = -v;
+    t = v * 1.44269502f + 12582912.0f;
+    n = t - 12582912.0f;
+    r = (v - n * 0.693359375f) - n * -2.12194442e-4f;
+    p = 1.0f + r + r * r * (0.49999994f + r * (0.166665211f + r * (0.041668389f +
+        r * (0.00836871658f + r * 0.00138145988f))));
+    memcpy(&k, &t, sizeof k);
+    k -= 0x4B400000u - 150u;                     /* n + 150, in 0 .. 150 */
+    k1 = k >> 1;
+    k -= k1;
+    k1 = (k1 + 52u) << 23;                       /* 2^(k1 - 75) */
+    k = (k + 52u) << 23;                         /* 2^(k - k1 - 75) */
+    memcpy(&s1, &k1, sizeof s1);
+    memcpy(&s2, &k, sizeof s2);
+    return p * s1 * s2;
+}
 
 static const float tiny_hidden_bias[3] = {
     0.0f, 0.25f, -1.5f,
@@ -119,7 +167,9 @@ int tiny_predict_ws(const float *input, float *output, float *workspace)
                 top = x[i] > top ? x[i] : top;
             }
             for (i = 0; i < 2; ++i) {
-                y[i] = (float)exp((double)(x[i] - top));
+                y[i] = exp_neg_abs(x[i] - top);    /* x[i] - top <= 0 */
+            }
+            for (i = 0; i < 2; ++i) {
                 sum += y[i];
             }
             for (i = 0; i < 2; ++i) {
@@ -253,7 +303,7 @@ static void tiny_tile(const float *rows, float *results)
             }
             for (i = 0; i < 2; ++i) {
                 for (s = 0; s < 16; ++s) {
-                    y[i * 16 + s] = (float)exp((double)(x[i * 16 + s] - top[s]));
+                    y[i * 16 + s] = exp_neg_abs(x[i * 16 + s] - top[s]);
                     sum[s] += y[i * 16 + s];
                 }
             }

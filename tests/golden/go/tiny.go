@@ -14,8 +14,8 @@
 //	err = tiny.PredictInto(out, features)  // no allocation
 //
 // Sums run in a fixed order: each output starts from its bias and adds input i's product
-// for i = 0, 1, 2, ... in turn, each product rounded to float32 (never fused). exp and tanh
-// are computed in float64 and rounded to float32.
+// for i = 0, 1, 2, ... in turn, each product rounded to float32 (never fused). exp is
+// expNegAbs below, in float32; tanh is computed in float64 and rounded to float32.
 package tiny
 
 import (
@@ -137,7 +137,7 @@ func PredictInto(dst, input []float32) error {
 		}
 		var sum float32
 		for i, v := range x {
-			y[i] = float32(math.Exp(float64(v - top)))
+			y[i] = expNegAbs(v - top) // v - top <= 0
 			sum += y[i]
 		}
 		for i := range y {
@@ -177,4 +177,33 @@ func PredictClass(input []float32) (int, error) {
 		}
 	}
 	return best, nil
+}
+
+// expNegAbs returns e^-|x| (1.3 ULP at most; 0 from |x| = 104 on, NaN for NaN), operation
+// for operation the C export's exp_neg_abs, so the two give the same bits: |x| is clamped
+// to 104 on its bits (NaN kept), n = round(-|x| / ln 2) comes from adding 1.5 * 2^23,
+// r = -|x| - n ln 2 (ln 2 split in two parts), e^r is a degree-6 polynomial, and 2^n is
+// applied as two exact powers of two so that results down to the smallest subnormal round
+// once. Every product is converted to float32 before it is added, so none is fused.
+func expNegAbs(x float32) float32 {
+	a := math.Float32bits(x) & 0x7fffffff // |x|
+	k := -((0x7f800000 - a) >> 31)        // all ones if x is NaN
+	d := a - 0x42d00000                   // 0x42d00000 is 104.0
+	a = 0x42d00000 + d&-(d>>31)           // min(|x|, 104)
+	a |= k & 0x7fc00000                   // NaN stays NaN
+	v := -math.Float32frombits(a)
+	t := float32(v*1.44269502) + 12582912
+	n := t - 12582912
+	r := (v - float32(n*0.693359375)) - float32(n*-2.12194442e-4)
+	q := float32(r*0.00138145988) + 0.00836871658
+	q = float32(r*q) + 0.041668389
+	q = float32(r*q) + 0.166665211
+	q = float32(r*q) + 0.49999994
+	p := 1 + r + float32(float32(r*r)*q)
+	k = math.Float32bits(t) - (0x4b400000 - 150) // n + 150, in 0 .. 150
+	k1 := k >> 1
+	k -= k1
+	s1 := math.Float32frombits((k1 + 52) << 23) // 2^(k1 - 75)
+	s2 := math.Float32frombits((k + 52) << 23)  // 2^(k - k1 - 75)
+	return p * s1 * s2
 }
