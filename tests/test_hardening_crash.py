@@ -270,9 +270,14 @@ def test_export_survives_sigkill_at_random_moments(tmp_path, record_property):
         assert now in (old, new), "the export folder is neither the old nor the new export"
         seen["old" if now == old else "new"] += 1
     strays = [p for p in work.iterdir() if p.name.startswith(".out.")]
-    # Temporary folders a SIGKILL left behind never stop the next export.
+    # Temporary folders a SIGKILL left behind never stop the next export, which removes them
+    # (but not one whose process still runs).
+    live = work / f".out.{os.getpid()}.abcd1234"
+    live.mkdir()
+    (work / ".out.999999999.dead1234").mkdir()  # above any pid_max: its process is gone
     assert distill_cmd("export", new_model, "--lang", "all", "-o", out).returncode == 0
     assert snapshot(out) == new
+    assert [p for p in work.iterdir() if p.name.startswith(".out.")] == [live]
     record_property("export_kills", {"kills": KILLS // 2, **seen,
                                      "stray_temp_dirs": len(strays)})
     print(f"export: {KILLS // 2} kills, folder was the old export {seen['old']} times and the new "
