@@ -104,6 +104,18 @@ def test_sequential_with_every_activation(tmp_path, suffix):
     assert [n.op for n in imported.nodes][:3] == ["normalize", "dense", "relu"]
 
 
+def test_upper_case_suffixes_are_read(tmp_path):
+    model = every_activation_sequential()
+    for suffix in (".H5", ".Keras"):
+        path = tmp_path / f"m{suffix}"
+        model.save(tmp_path / f"m{suffix.lower()}")
+        (tmp_path / f"m{suffix.lower()}").rename(path)
+        out = subprocess.run([sys.executable, "-m", "distill.cli", "inspect", str(path)],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert "leaky_relu" in out.stdout
+
+
 @pytest.mark.parametrize("suffix", [".keras", ".h5"])
 def test_functional_chain(tmp_path, suffix):
     inp = keras.Input((5,))

@@ -311,6 +311,19 @@ def load_keras(path: str | os.PathLike, isolate: bool = False) -> ir.Model:
     return _load_checked(path)
 
 
+@contextlib.contextmanager
+def _lower_case_suffix(path: Path):
+    """`path`, or a link to it ending in the lower-case suffix: Keras picks its reader by
+    suffix and only knows `.keras`, `.h5` and `.hdf5` spelled that way (MODEL.H5 is common)."""
+    if path.suffix == path.suffix.lower():
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="distill-keras-") as tmp:
+        link = Path(tmp) / f"model{path.suffix.lower()}"
+        link.symlink_to(path.resolve())
+        yield link
+
+
 def _load_checked(path: Path) -> ir.Model:
     """Keras's load and the import, once `preflight` has passed."""
     with _native_stderr_quiet():
@@ -321,8 +334,9 @@ def _load_checked(path: Path) -> ir.Model:
             raise DistillError(f"{path}: reading Keras files needs TensorFlow "
                                "(pip install 'distill[tensorflow]')") from None
         try:
-            # safe_mode (the default, spelled out): no Python lambdas, no foreign modules.
-            model = keras.saving.load_model(path, compile=False, safe_mode=True)
+            with _lower_case_suffix(path) as readable:
+                # safe_mode (the default, spelled out): no Python lambdas, no foreign modules.
+                model = keras.saving.load_model(readable, compile=False, safe_mode=True)
         except Exception as e:  # Keras raises many kinds; every one means "cannot read this file"
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             raise ModelFormatError(f"{path}: Keras cannot load it ({first})") from None
