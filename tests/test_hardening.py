@@ -38,7 +38,7 @@ from test_hardening_fuzz import (
     zip_bytes,
 )
 
-from distill import ir
+from distill import codegen, ir
 from distill.errors import DistillError, ModelFormatError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -560,3 +560,12 @@ def test_export_lang_list_is_checked(small, tmp_path):
         ".distill-export", "s.c", "s.h", "s_test.c"], err
     assert not (tmp_path / "x").exists()
 
+
+
+def test_golden_samples_refuse_absurd_counts():
+    model = ir.make_model("m", (1000,), [("d", "dense", {}, {
+        "kernel": np.ones((1000, 2), np.float32), "bias": np.zeros(2, np.float32)})])
+    assert codegen.golden_samples(model, 3).shape == (3, 1000)
+    for count in (-1, 1 << 20):
+        with pytest.raises(DistillError, match="golden samples"):
+            codegen.golden_samples(model, count)

@@ -178,10 +178,17 @@ def _idents(model: ir.Model, target: Target, prefix: str) -> dict[tuple[str, str
     return out
 
 
+MAX_GOLDEN_INPUTS = 1 << 24
+
+
 def golden_samples(model: ir.Model, count: int, seed: int = 0) -> np.ndarray:
     """Inputs for self-tests: saved samples first, then seeded random ones in the training
-    range (or N(0, 1) when the model does not record one)."""
+    range (or N(0, 1) when the model does not record one). At most MAX_GOLDEN_INPUTS values
+    in all: they are baked into the emitted self-tests."""
     shape = tuple(model.input_shape)
+    if not 0 <= count * prod(shape) <= MAX_GOLDEN_INPUTS:
+        raise DistillError(f"{count} golden samples of {prod(shape):,} values: at most "
+                           f"{MAX_GOLDEN_INPUTS:,} values fit in a self-test")
     saved = np.asarray(model.metadata.get("samples", []), dtype=np.float32)
     saved = saved.reshape(-1, *shape)[:count] if saved.size else np.zeros((0, *shape),
                                                                           np.float32)
