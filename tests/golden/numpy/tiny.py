@@ -29,10 +29,47 @@ def _weights(data, shape):
     return np.frombuffer(base64.b64decode(data), dtype="<f4").astype(np.float32).reshape(shape)
 
 
+# In small layers NumPy's fixed costs outweigh the arithmetic. NumPy takes a 0-d array faster
+# than a Python or NumPy number; it broadcasts a short row (a bias) over a batch one row at a
+# time; and it takes the maximum or minimum with a scalar an element at a time. So scalars are
+# kept as read-only 0-d arrays, and rows of constants also repeated down a tile of rows, which
+# NumPy runs over as fast as over any two arrays of one shape.
+_TILE_SIZE = 32768  # 128 KiB a tile
+
+
+def _scalar(value):
+    """value as a read-only 0-d float32 array."""
+    scalar = np.array(value, np.float32)
+    scalar.flags.writeable = False
+    return scalar
+
+
+def _tile(row):
+    """row repeated down a read-only tile of about _TILE_SIZE values (at least one row)."""
+    row = row.reshape(-1)
+    tile = np.tile(row, (max(_TILE_SIZE // row.size, 1), 1))
+    tile.flags.writeable = False
+    return tile
+
+
+def _rowwise(ufunc, h, tile, out=None):
+    """ufunc(h, row) for every row of h, a tile of rows at a time: the same values as
+    ufunc(h, row) with broadcasting."""
+    n = len(tile)
+    if len(h) <= n:
+        return ufunc(h, tile[:len(h)], out=out)
+    if out is None:
+        out = np.empty(h.shape, np.float32)
+    for i in range(0, len(h), n):
+        ufunc(h[i:i + n], tile[:len(h) - i], out=out[i:i + n])
+    return out
+
+
 _TINY_HIDDEN_BIAS = _weights(
     "AAAAAAAAgD4AAMC/",
     (3,),
 )
+_TINY_HIDDEN_BIAS_ROWS = _tile(_TINY_HIDDEN_BIAS)
 
 _TINY_HIDDEN_KERNEL = _weights(
     "AAAAPwAAoL8AAABAbxKDOs3MzD0AAACA",
@@ -43,11 +80,14 @@ _TINY_OUT_BIAS = _weights(
     "zczMPc3MzL0=",
     (2,),
 )
+_TINY_OUT_BIAS_ROWS = _tile(_TINY_OUT_BIAS)
 
 _TINY_OUT_KERNEL = _weights(
     "AACAPwAAgL8AAAA/AAAAPwAAAMAAAEBA",
     (3, 2),
 )
+
+_SLOPE0 = _scalar(0.2)
 
 
 def predict(x):
@@ -60,23 +100,30 @@ def predict(x):
     if not single and x.shape[1:] != INPUT_SHAPE:
         raise ValueError(f"tiny takes input of shape {INPUT_SHAPE} or (N, *{INPUT_SHAPE}), "
                          f"got {x.shape}")
-    h = x.reshape(-1, *INPUT_SHAPE)
+    # h stays two-dimensional: a row per sample, or per vector where a layer acts on the last
+    # axis of a sample
+    h = x.reshape(-1, 2)
     with np.errstate(over="ignore", invalid="ignore"):
         # hidden: dense, 2 inputs -> 3 units
-        h = h.reshape(-1, 2) @ _TINY_HIDDEN_KERNEL
-        h += _TINY_HIDDEN_BIAS
-        # hidden_act: leaky relu
-        # x times 1 above zero and the slope elsewhere (exact, as where(x > 0, x, x * slope))
-        h = h * np.fmax(np.sign(h), np.float32(0.2))
+        h = h @ _TINY_HIDDEN_KERNEL
+        _rowwise(np.add, h, _TINY_HIDDEN_BIAS_ROWS, out=h)
+        # hidden_act: leaky relu, slope 0.2
+        # max(h * slope, h) is h above zero and h * slope elsewhere, exactly as
+        # where(h > 0, h, h * slope)
+        t = h * _SLOPE0
+        h = np.maximum(t, h, out=t)
         # out: dense, 3 inputs -> 2 units
-        h = h.reshape(-1, 3) @ _TINY_OUT_KERNEL
-        h += _TINY_OUT_BIAS
-        # out_act: softmax over the last axis
-        h = h.reshape(-1, 2)
-        h = h - np.max(h, axis=-1, keepdims=True)
-        np.exp(h, out=h)
-        h /= np.sum(h, axis=-1, keepdims=True)
-    h = h.reshape(-1, *OUTPUT_SHAPE)
+        h = h @ _TINY_OUT_KERNEL
+        _rowwise(np.add, h, _TINY_OUT_BIAS_ROWS, out=h)
+        # out_act: softmax over the last axis (2 values)
+        # Transposed, a row per value, each step runs over the whole batch at once rather than
+        # over one short row at a time. Adding up the rows in order sums each sample's values
+        # in the order NumPy sums fewer than 8 values, as in the reference.
+        t = h.T.copy()
+        t -= np.maximum.reduce(t, axis=0)
+        np.exp(t, out=t)
+        t /= np.add.reduce(t, axis=0)
+        h = t.T.copy()
     return h[0] if single else h
 
 
