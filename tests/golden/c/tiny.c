@@ -200,8 +200,9 @@ static void tiny_tile(const float *rows, float *results)
     size_t i;
     size_t k;
 
-    for (k = 0; k < 16; ++k) {
-        for (i = 0; i < 2; ++i) {
+    /* feature by feature: the writes are contiguous and the reads are 16 sequential streams */
+    for (i = 0; i < 2; ++i) {
+        for (k = 0; k < 16; ++k) {
             input[i * 16 + k] = rows[k * 2 + i];
         }
     }
