@@ -115,6 +115,8 @@ def _write_output(path: Path, data: bytes, what: str = "output") -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .codegen import AUTO_BLOB_PARAMETERS
+
     p = argparse.ArgumentParser(prog="distill", description="Train small neural networks and "
                                 "compile them to standalone C, Go, NumPy and ONNX.")
     p.add_argument("--version", action="version", version=f"distill {__version__}")
@@ -152,9 +154,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--name", help="name for the emitted symbols and files (default: model's)")
     e.add_argument("--samples", type=int, default=16,
                    help="golden vectors in the shipped self-tests (default 16)")
-    e.add_argument("--weights", choices=["literal", "blob"], default="literal",
-                   help="C and Go: weights as array literals (default) or as a blob of bytes "
-                   "(much faster to compile for large models; still bit-exact)")
+    e.add_argument("--weights", choices=["auto", "literal", "blob"], default="auto",
+                   help="C and Go: weights as array literals or as a blob of bytes (much faster "
+                   "to compile for large models; still bit-exact); auto (default): literals up "
+                   f"to {AUTO_BLOB_PARAMETERS:,} parameters, a blob above")
     e.add_argument("--verify", action="store_true", help="verify after exporting")
     e.set_defaults(run=cmd_export)
 
@@ -167,7 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--lang", default="all", help=f"{langs}, a comma-separated list, or all")
     v.add_argument("--name", help="name for the emitted symbols and files")
     v.add_argument("--samples", type=int, default=256, help="inputs compared (default 256)")
-    v.add_argument("--weights", choices=["literal", "blob"], default="literal",
+    v.add_argument("--weights", choices=["auto", "literal", "blob"], default="auto",
                    help="how C and Go store the weights (see export)")
     v.set_defaults(run=cmd_verify)
 
@@ -461,7 +464,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _report(model: ir.Model, langs: list[str], name: str | None, samples: int,
-            weights: str = "literal") -> int:
+            weights: str = "auto") -> int:
     from .codegen import ABS_TOL, REL_TOL
     from .verify import verify
     print(f"verifying {model.name} against the reference: tolerance |out - ref| <= "

@@ -120,7 +120,7 @@ def compare(lang: str, got: np.ndarray, want: np.ndarray) -> Result:
 
 
 def verify(model: ir.Model, langs: list[str], samples: int = 256,
-           name: str | None = None, weights: str = "literal") -> list[Result]:
+           name: str | None = None, weights: str = "auto") -> list[Result]:
     """Export `model` to each language with `samples` golden vectors, build, run, compare."""
     problems = codegen.unsupported(model, langs)
     if problems:

@@ -521,6 +521,31 @@ def test_fast_float_formatting_is_float_literal_for_every_value():
         assert items == want
 
 
+def test_auto_weight_storage_picks_literals_for_small_models_and_a_blob_for_big_ones(tmp_path):
+    def dense(n_in, n_out):
+        return ir.make_model("m", (n_in,), [("d", "dense", {}, {
+            "kernel": np.full((n_in, n_out), 0.5, np.float32),
+            "bias": np.zeros(n_out, np.float32)})])
+    small = dense(100, codegen.AUTO_BLOB_PARAMETERS // 101)
+    big = dense(100, codegen.AUTO_BLOB_PARAMETERS // 101 + 1)
+    assert ir.stats(small)["parameters"] <= codegen.AUTO_BLOB_PARAMETERS
+    assert ir.stats(big)["parameters"] > codegen.AUTO_BLOB_PARAMETERS
+    assert codegen.storage(small) == "literal" and codegen.storage(big) == "blob"
+    assert codegen.storage(big, "literal") == "literal"
+    assert "m.weights" not in codegen.render(small, "go", samples=1)
+    assert "m.weights" in codegen.render(big, "go", samples=1)
+    assert "m.weights" not in codegen.render(big, "go", samples=1, weights="literal")
+    proc = cli("export", _save(big, tmp_path), "--lang", "go", "-o", tmp_path / "go")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "go" / "m.weights").stat().st_size == 4 * ir.stats(big)["parameters"]
+
+
+def _save(model, folder):
+    path = folder / f"{model.name}.distill"
+    distill.save(model, path)
+    return path
+
+
 def test_unknown_weight_storage_is_an_error(tmp_path):
     with pytest.raises(distill.DistillError, match="weight storage"):
         codegen.render(tiny_model(), "c", weights="pickle")

@@ -11,12 +11,13 @@ its own templates in `templates/<lang>/`:
 ONNX is not text; `codegen.onnx` builds it with `onnx.helper`. Adding a language is one folder
 under `templates/`; adding an op is one `ops/<op>.j2` per language plus a lowering for ONNX.
 
-Weights are written as source literals (`weights="literal"`, the default: shortest round-trip
-decimals, readable and diffable) or, for big models, as raw bits (`weights="blob"`): C gets
-each array as 32-bit words in a union with a float array, Go a little-endian `NAME.weights`
-file read through `//go:embed` (a target opts in with `blob_file` in its target.toml). Both
-are bit-exact. Blobs take fewer bytes per parameter (C 12.6 instead of 15, Go 4 instead of
-13.4), and a Go blob builds in a fraction of a second where a million literals take seconds.
+Weights are written as source literals (`weights="literal"`: shortest round-trip decimals,
+readable and diffable) or as raw bits (`weights="blob"`): C gets each array as 32-bit words in
+a union with a float array, Go a little-endian `NAME.weights` file read through `//go:embed`
+(a target opts in with `blob_file` in its target.toml). Both are bit-exact. Blobs take fewer
+bytes per parameter (C 12.6 instead of 15, Go 4 instead of 13.4), and a Go blob builds in a
+fraction of a second where a million literals take ten. The default, `weights="auto"`, is
+literals up to AUTO_BLOB_PARAMETERS parameters and a blob above.
 
 The buffer plan: an op reads its input from `input` or a workspace buffer and writes to a
 workspace buffer or `output`. Elementwise ops run in place; `dense` alternates between two
@@ -56,7 +57,8 @@ REL_TOL = 1e-4
 
 MARKER = ".distill-export"  # in every export directory; lets a re-export replace it safely
 NO_DATA_OPS = ("flatten", "reshape", "linear")
-WEIGHT_STORAGE = ("literal", "blob")
+WEIGHT_STORAGE = ("auto", "literal", "blob")
+AUTO_BLOB_PARAMETERS = 100_000  # weights="auto": literals up to this many parameters
 
 
 @dataclass(frozen=True)
@@ -207,9 +209,9 @@ def golden_samples(model: ir.Model, count: int, seed: int = 0) -> np.ndarray:
 
 
 def context(model: ir.Model, target: Target, name: str | None = None,
-            samples: int = 16, weights: str = "literal") -> dict[str, Any]:
+            samples: int = 16, weights: str = "auto") -> dict[str, Any]:
     """Everything a template may use. Templates see no IR objects, only these values."""
-    _check_storage(weights)
+    weights = storage(model, weights)
     prefix = export_name(model, target, name)
     idents = _idents(model, target, prefix)
     steps, sizes = plan(model)
@@ -289,11 +291,20 @@ def _check_storage(weights: str) -> None:
                            f"{' or '.join(WEIGHT_STORAGE)}")
 
 
+def storage(model: ir.Model, weights: str = "auto") -> str:
+    """"literal" or "blob": `weights`, with "auto" resolved by the model's size."""
+    _check_storage(weights)
+    if weights != "auto":
+        return weights
+    return "blob" if ir.stats(model)["parameters"] > AUTO_BLOB_PARAMETERS else "literal"
+
+
 def render(model: ir.Model, lang: str, name: str | None = None,
-           samples: int = 16, weights: str = "literal") -> dict[str, bytes]:
+           samples: int = 16, weights: str = "auto") -> dict[str, bytes]:
     """The files of one export as {relative path: bytes}, without touching the disk.
 
-    `weights`: "literal" (source literals) or "blob" (raw bits; see the module docstring).
+    `weights`: "literal" (source literals), "blob" (raw bits) or "auto" (literals for models
+    up to AUTO_BLOB_PARAMETERS parameters); see the module docstring.
     """
     _check_storage(weights)
     if lang == "onnx":
@@ -318,10 +329,10 @@ def render(model: ir.Model, lang: str, name: str | None = None,
 
 
 def export(model: ir.Model, langs: Sequence[str], out_dir: str | os.PathLike,
-           name: str | None = None, samples: int = 16, weights: str = "literal") -> list[Path]:
+           name: str | None = None, samples: int = 16, weights: str = "auto") -> list[Path]:
     """Write the exports of `model` into `out_dir` (one language: its files directly there;
     several: a subfolder each). All or nothing: the folder is replaced in one step.
-    `weights`: "literal" or "blob", as for `render`.
+    `weights`: "auto", "literal" or "blob", as for `render`.
     """
     _check_storage(weights)
     problems = unsupported(model, langs)
