@@ -24,8 +24,8 @@
 /*
  * Sums run in a fixed order: each output starts from its bias and adds input i's product for
  * i = 0, 1, 2, ... in turn, one rounding per operation; products are never fused into FMAs
- * (GCC does not contract in ISO C mode, -std=c99; clang is told so below). exp is
- * exp_neg_abs below, in float; tanh is computed in double and rounded to float.
+ * (GCC does not contract in ISO C mode, -std=c99; clang is told so below).
+ * exp is exp_neg_abs below, in float.
  * tiny_predict_batch computes each value with the same operations in the same order as
  * tiny_predict, so the two agree bit for bit.
  */

@@ -14,8 +14,8 @@
 //	err = tiny.PredictInto(out, features)  // no allocation
 //
 // Sums run in a fixed order: each output starts from its bias and adds input i's product
-// for i = 0, 1, 2, ... in turn, each product rounded to float32 (never fused). exp is
-// expNegAbs below, in float32; tanh is computed in float64 and rounded to float32.
+// for i = 0, 1, 2, ... in turn, each product rounded to float32 (never fused).
+// exp is expNegAbs below, in float32.
 package tiny
 
 import (
