@@ -179,6 +179,17 @@ func PredictClass(input []float32) (int, error) {
 	return best, nil
 }
 
+// addRows4Go adds x0*w0[j] + x1*w1[j] + x2*w2[j] + x3*w3[j] to y[j], left to right, each
+// product rounded to float32. addRows4 (tiny_sse.go, tiny_portable.go) calls
+// it for all of y, or for what SSE leaves.
+func addRows4Go(y, w0, w1, w2, w3 []float32, x0, x1, x2, x3 float32) {
+	w0, w1, w2, w3 = w0[:len(y)], w1[:len(y)], w2[:len(y)], w3[:len(y)]
+	for j := range y {
+		y[j] = y[j] + float32(x0*w0[j]) + float32(x1*w1[j]) + float32(x2*w2[j]) +
+			float32(x3*w3[j])
+	}
+}
+
 // expNegAbs returns e^-|x| (1.3 ULP at most; 0 from |x| = 104 on, NaN for NaN), operation
 // for operation the C export's exp_neg_abs, so the two give the same bits: |x| is clamped
 // to 104 on its bits (NaN kept), n = round(-|x| / ln 2) comes from adding 1.5 * 2^23,
