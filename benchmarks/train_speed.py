@@ -30,7 +30,9 @@ import os
 import platform
 import pstats
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -486,6 +488,61 @@ def tape_overhead(n: int, repeats: int, chunk: int = 1000) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------------- reporting
 
+ROOT = Path(__file__).resolve().parent.parent
+DIGITS = ROOT / "examples" / "digits.toml"
+
+# Run in a fresh interpreter: tracemalloc's peak over one training run on the NumPy backend,
+# i.e. every NumPy array and Python object it allocates (data splits, weights, optimizer
+# state, activations, history), after a first data load has done the imports.
+TRACED_TRAIN = """
+import sys, tracemalloc
+sys.path.insert(0, sys.argv[1])
+from distill import config
+from distill.backends import numpy as backend
+cfg = config.load_config(sys.argv[2])
+backend.prepare(cfg, cfg.seed)
+tracemalloc.start()
+backend.train(cfg, epochs=int(sys.argv[3]), verbose=0)
+print(tracemalloc.get_traced_memory()[1])
+"""
+
+
+def peak_rss(cmd: Sequence[str]) -> float:
+    """Peak resident memory of `cmd` run as a child process, in MiB (Linux: ru_maxrss is KiB)."""
+    proc = subprocess.Popen(list(cmd), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    out = proc.stdout.read() if proc.stdout else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}")
+    peak_rss.last_stdout = out
+    return usage.ru_maxrss / 1024
+
+
+def train_memory(epochs: int, tensorflow: bool) -> dict[str, float]:
+    """Peak memory of training digits (`examples/digits.toml`, `epochs` epochs) with the command
+    line, each figure from its own fresh process: the whole process's peak RSS next to that of a
+    process that only imports the same modules and loads the data, and tracemalloc's peak."""
+    with tempfile.TemporaryDirectory() as tmp:
+        train = [sys.executable, "-m", "distill.cli", "train", str(DIGITS), "-o",
+                 str(Path(tmp) / "digits.distill"), "--epochs", str(epochs), "-q"]
+        load = ("import sys; sys.path.insert(0, sys.argv[1]); import distill.cli; "
+                "from distill import config, data; "
+                "data.load_data(config.load_config(sys.argv[2]).data)")
+        out = {"numpy: imports + data, RSS MiB": peak_rss(
+                   [sys.executable, "-c", load, str(ROOT), str(DIGITS)]),
+               "numpy: train, RSS MiB": peak_rss(train)}
+        peak_rss([sys.executable, "-c", TRACED_TRAIN, str(ROOT), str(DIGITS), str(epochs)])
+        out["numpy: train, tracemalloc peak MiB"] = int(peak_rss.last_stdout.split()[-1]) / 2**20
+        if tensorflow:
+            out["tensorflow: imports + data, RSS MiB"] = peak_rss(
+                [sys.executable, "-c", load + "; import tensorflow, keras", str(ROOT),
+                 str(DIGITS)])
+            out["tensorflow: train, RSS MiB"] = peak_rss([*train, "--backend", "tensorflow"])
+    return out
+
+
 def machine() -> dict[str, Any]:
     model = platform.processor() or "unknown"
     try:
@@ -685,6 +742,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  distill op, no tape, extra     {oh['untaped_overhead_us']:.2f} us/op")
     print(f"  distill op, on a Tape, extra   {oh['taped_overhead_us']:.2f} us/op")
     print(f"  tape.gradient, per recorded op {oh['backward_per_op_us']:.2f} us/op (a chain)")
+
+    epochs = 20 if args.quick else 100
+    mem = report["train_memory_digits"] = train_memory(epochs, tf is not None)
+    print(f"\ntraining peak memory, digits (64-100-10, {epochs} epochs, `distill train`, each "
+          "line a fresh process):")
+    for key, value in mem.items():
+        print(f"  {key:40} {value:8.1f}")
 
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
