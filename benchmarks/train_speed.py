@@ -507,39 +507,45 @@ print(tracemalloc.get_traced_memory()[1])
 """
 
 
-def peak_rss(cmd: Sequence[str]) -> float:
-    """Peak resident memory of `cmd` run as a child process, in MiB (Linux: ru_maxrss is KiB)."""
-    proc = subprocess.Popen(list(cmd), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
-    out = proc.stdout.read() if proc.stdout else ""
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}")
-    peak_rss.last_stdout = out
-    return usage.ru_maxrss / 1024
+# Appended to each measured program: its peak resident memory. VmHWM belongs to the program's
+# own address space; getrusage's ru_maxrss would also count the parent's, copied at fork.
+REPORT_PEAK = """
+for _line in open("/proc/self/status"):
+    if _line.startswith("VmHWM:"):
+        print("PEAK_KIB", _line.split()[1])
+"""
+CLI = ("import sys; sys.path.insert(0, sys.argv[1]); from distill import cli; "
+       "status = cli.main(sys.argv[2:])")
+
+
+def peak(program: str, *args: str) -> tuple[float, str]:
+    """Run `program` (Python source) in a fresh interpreter with `args`; its peak resident
+    memory in MiB, and what it printed."""
+    out = subprocess.run([sys.executable, "-c", program + REPORT_PEAK, *args], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    kib = [line.split()[1] for line in out.splitlines() if line.startswith("PEAK_KIB")]
+    return int(kib[-1]) / 1024, out
 
 
 def train_memory(epochs: int, tensorflow: bool) -> dict[str, float]:
     """Peak memory of training digits (`examples/digits.toml`, `epochs` epochs) with the command
     line, each figure from its own fresh process: the whole process's peak RSS next to that of a
     process that only imports the same modules and loads the data, and tracemalloc's peak."""
+    load = ("import sys; sys.path.insert(0, sys.argv[1]); import distill.cli; "
+            "from distill import config, data; "
+            "data.load_data(config.load_config(sys.argv[2]).data)")
     with tempfile.TemporaryDirectory() as tmp:
-        train = [sys.executable, "-m", "distill.cli", "train", str(DIGITS), "-o",
-                 str(Path(tmp) / "digits.distill"), "--epochs", str(epochs), "-q"]
-        load = ("import sys; sys.path.insert(0, sys.argv[1]); import distill.cli; "
-                "from distill import config, data; "
-                "data.load_data(config.load_config(sys.argv[2]).data)")
-        out = {"numpy: imports + data, RSS MiB": peak_rss(
-                   [sys.executable, "-c", load, str(ROOT), str(DIGITS)]),
-               "numpy: train, RSS MiB": peak_rss(train)}
-        peak_rss([sys.executable, "-c", TRACED_TRAIN, str(ROOT), str(DIGITS), str(epochs)])
-        out["numpy: train, tracemalloc peak MiB"] = int(peak_rss.last_stdout.split()[-1]) / 2**20
+        train = ["train", str(DIGITS), "-o", str(Path(tmp) / "digits.distill"), "--epochs",
+                 str(epochs), "-q"]
+        out = {"numpy: imports + data, RSS MiB": peak(load, str(ROOT), str(DIGITS))[0],
+               "numpy: train, RSS MiB": peak(CLI, str(ROOT), *train)[0]}
+        traced = peak(TRACED_TRAIN, str(ROOT), str(DIGITS), str(epochs))[1]
+        out["numpy: train, tracemalloc peak MiB"] = int(traced.split()[0]) / 2**20
         if tensorflow:
-            out["tensorflow: imports + data, RSS MiB"] = peak_rss(
-                [sys.executable, "-c", load + "; import tensorflow, keras", str(ROOT),
-                 str(DIGITS)])
-            out["tensorflow: train, RSS MiB"] = peak_rss([*train, "--backend", "tensorflow"])
+            out["tensorflow: imports + data, RSS MiB"] = peak(
+                load + "; import tensorflow, keras", str(ROOT), str(DIGITS))[0]
+            out["tensorflow: train, RSS MiB"] = peak(CLI, str(ROOT), *train, "--backend",
+                                                     "tensorflow")[0]
     return out
 
 
