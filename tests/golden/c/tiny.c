@@ -99,7 +99,7 @@ const char *const tiny_labels[TINY_NUM_CLASSES] = {
     "yes",
 };
 
-int tiny_predict_ws(const float *input, float *output, float *workspace)
+int tiny_predict_ws(const float *restrict input, float *restrict output, float *restrict workspace)
 {
     float *const ws0 = workspace;
     float *const ws1 = workspace + 3;

@@ -48,7 +48,8 @@ extern const char *const tiny_labels[TINY_NUM_CLASSES];
 int tiny_predict(const float *input, float *output);
 
 /* As tiny_predict, with a caller-owned workspace of
- * TINY_WORKSPACE_SIZE floats (for small stacks). */
+ * TINY_WORKSPACE_SIZE floats (for small stacks). input, output and workspace
+ * must not overlap. */
 int tiny_predict_ws(const float *input, float *output, float *workspace);
 
 /*
