@@ -79,6 +79,45 @@ def test_every_op_in_every_language(model):
         assert result.ok, result.line()
 
 
+def numpy_module(model, folder):
+    import importlib.util
+    codegen.export(model, ["numpy"], folder)
+    spec = importlib.util.spec_from_file_location(f"np_{model.name}", folder / f"{model.name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_numpy_module_equals_the_reference_bit_for_bit(tmp_path, workload):
+    """The NumPy module does the reference's float32 operations in the reference's order, so
+    its outputs are the same bits (NaN where the reference has NaN), at every batch size: one
+    sample, a few, and more rows than its constant tiles hold."""
+    rng = np.random.default_rng(5)
+    sigmoid_wide = ir.make_model("wide", (40,), [
+        ("d", "dense", {}, {"kernel": rng.normal(size=(40, 300)).astype(np.float32),
+                            "bias": rng.normal(size=300).astype(np.float32)}),
+        ("s", "sigmoid", {}, {}), ("d2", "dense", {}, {
+            "kernel": rng.normal(size=(300, 7)).astype(np.float32)}),
+        ("lr", "leaky_relu", {"alpha": 0.3}, {}), ("sm", "softmax", {}, {})])
+    models = [*every_op_models(), sigmoid_wide, workload("digits")[1].model,
+              workload("exp")[1].model, workload("blobs")[1].model]
+    for model in models:
+        module = numpy_module(model, tmp_path / model.name)
+        shape = tuple(model.input_shape)
+        x = (rng.normal(size=(20000, *shape)) * 30).astype(np.float32)
+        x.reshape(len(x), -1)[:12, 0] = [np.nan, np.inf, -np.inf, -0.0, 0.0, 1e-45, -1e-45,
+                                        3e38, -3e38, 1e-30, -1e-30, 88.0]
+        for batch in (x[0], x[:3], x[:256], x):
+            with np.errstate(all="ignore"):  # the reference warns on inf and NaN
+                want = distill.run(model, batch)
+            got = module.predict(batch)
+            assert got.shape == want.shape and got.dtype == np.float32, model.name
+            nan = np.isnan(want)
+            assert np.array_equal(np.isnan(got), nan), model.name
+            assert np.array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32)), \
+                (model.name, len(batch))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", WORKLOADS)
 def test_workload_matrix(workload, name):
