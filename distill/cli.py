@@ -416,27 +416,12 @@ def _samples(n: int) -> int:
     return n
 
 
-# Golden vectors are generated, held and printed as text in every self-test: a model file of a
-# few hundred bytes may declare an input of 2**28 values, so bound their count before export.
-MAX_GOLDEN_VALUES = 1 << 22
-
-
-def _golden_budget(model: ir.Model, samples: int) -> None:
-    per_sample = prod(model.input_shape) + prod(model.output_shape)
-    if samples * per_sample > MAX_GOLDEN_VALUES:
-        most = MAX_GOLDEN_VALUES // per_sample
-        hint = f"; use --samples {most} or fewer" if most else ""
-        raise DistillError(f"model {model.name!r} takes {prod(model.input_shape):,} and gives "
-                           f"{prod(model.output_shape):,} values per sample: {samples} golden "
-                           f"vectors would exceed {MAX_GOLDEN_VALUES:,} values{hint}")
-
-
 def cmd_export(args: argparse.Namespace) -> int:
-    from .codegen import export
+    from .codegen import export, golden_budget
     model = _load(args.model)
     langs = _langs(args.lang)
     samples = _samples(args.samples)
-    _golden_budget(model, max(samples, 256 if args.verify else 0))
+    golden_budget(model, max(samples, 256 if args.verify else 0))
     out = Path(args.output)
     if out.parent.is_dir():
         _writable_dir(out.parent)
@@ -457,9 +442,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from .codegen import golden_budget
     model = _load(args.model)
     samples = _samples(args.samples)
-    _golden_budget(model, samples)
+    golden_budget(model, samples)
     return _report(model, _langs(args.lang), args.name, samples, args.weights)
 
 

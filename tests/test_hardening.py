@@ -200,7 +200,8 @@ def test_tiny_file_with_a_huge_input_is_refused_before_allocating(tmp_path):
     assert not out.exists()
     # A model that fits the budget only with fewer golden vectors is told how many.
     ir.save(ir.make_model("mid", (1 << 20,), [("r", "relu", {}, {})]), tmp_path / "mid.distill")
-    fails(["export", tmp_path / "mid.distill", "--lang", "c", "-o", out], r"--samples 2 ")
+    fails(["export", tmp_path / "mid.distill", "--lang", "c", "-o", out],
+          r"--samples 2 or fewer fit")
 
 
 def test_inspect_prints_hostile_text_as_escaped_single_lines(tmp_path):
@@ -562,10 +563,15 @@ def test_export_lang_list_is_checked(small, tmp_path):
 
 
 
-def test_golden_samples_refuse_absurd_counts():
+def test_golden_samples_refuse_absurd_counts(tmp_path):
+    """The Python API gets the command line's bound too (golden_samples, hence export and
+    verify, call codegen.golden_budget)."""
     model = ir.make_model("m", (1000,), [("d", "dense", {}, {
         "kernel": np.ones((1000, 2), np.float32), "bias": np.zeros(2, np.float32)})])
     assert codegen.golden_samples(model, 3).shape == (3, 1000)
     for count in (-1, 1 << 20):
-        with pytest.raises(DistillError, match="golden samples"):
+        with pytest.raises(DistillError, match="golden vectors would exceed"):
             codegen.golden_samples(model, count)
+    with pytest.raises(DistillError, match="golden vectors would exceed"):
+        codegen.export(model, ["c"], tmp_path / "out", samples=1 << 20)
+    assert not (tmp_path / "out").exists()
