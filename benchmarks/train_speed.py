@@ -521,8 +521,12 @@ CLI = ("import sys; sys.path.insert(0, sys.argv[1]); from distill import cli; "
 def peak(program: str, *args: str) -> tuple[float, str]:
     """Run `program` (Python source) in a fresh interpreter with `args`; its peak resident
     memory in MiB, and what it printed."""
-    out = subprocess.run([sys.executable, "-c", program + REPORT_PEAK, *args], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout
+    proc = subprocess.run([sys.executable, "-c", program + REPORT_PEAK, *args], cwd=ROOT,
+                          capture_output=True, text=True)
+    if proc.returncode:
+        last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        raise SystemExit(f"train_speed.py: memory run {' '.join(args)} failed: {last}")
+    out = proc.stdout
     kib = [line.split()[1] for line in out.splitlines() if line.startswith("PEAK_KIB")]
     return int(kib[-1]) / 1024, out
 

@@ -240,13 +240,19 @@ def snapshot(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_export_survives_sigkill_at_random_moments(tmp_path, record_property):
+def export_setup(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
+    """Two different saved models, and an export folder `out` inside its own folder `work`
+    (where temporary folders show up)."""
     old_model, new_model = tmp_path / "old.distill", tmp_path / "new.distill"
     ir.save(export_model(1), old_model)
     ir.save(export_model(2), new_model)
     work = tmp_path / "work"
     work.mkdir()
-    out = work / "out"
+    return old_model, new_model, work, work / "out"
+
+
+def test_export_survives_sigkill_at_random_moments(tmp_path, record_property):
+    old_model, new_model, work, out = export_setup(tmp_path)
     for model, where in ((new_model, tmp_path / "want_new"), (old_model, out)):
         assert distill_cmd("export", model, "--lang", "all", "-o", where).returncode == 0
     old, new = snapshot(out), snapshot(tmp_path / "want_new")
@@ -310,12 +316,7 @@ sys.exit(cli.main(sys.argv[1:]))
 
 
 def test_export_killed_at_every_step_of_the_replacement(tmp_path, record_property):
-    old_model, new_model = tmp_path / "old.distill", tmp_path / "new.distill"
-    ir.save(export_model(1), old_model)
-    ir.save(export_model(2), new_model)
-    work = tmp_path / "work"
-    work.mkdir()
-    out = work / "out"
+    old_model, new_model, work, out = export_setup(tmp_path)
     assert distill_cmd("export", new_model, "--lang", "all", "-o", tmp_path / "new"
                        ).returncode == 0
     new = snapshot(tmp_path / "new")
