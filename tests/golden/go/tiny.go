@@ -91,15 +91,14 @@ func PredictInto(dst, input []float32) error {
 	{
 		x := input[:2]
 		y := ws0[:3]
-		copy(y, hiddenBias[:])
-		for i := 0; i < 2; i++ {
-			xi := x[i]
-			w := hiddenKernel[i*3 : (i+1)*3]
-			w = w[:len(y)]
-			for j := range y {
-				y[j] += float32(xi * w[j])
-			}
+		y0, y1, y2 := hiddenBias[0], hiddenBias[1], hiddenBias[2]
+		for i, xi := range x {
+			w := hiddenKernel[i*3 : (i+1)*3 : (i+1)*3]
+			y0 += float32(xi * w[0])
+			y1 += float32(xi * w[1])
+			y2 += float32(xi * w[2])
 		}
+		y[0], y[1], y[2] = y0, y1, y2
 	}
 
 	// hidden_act: leaky relu, slope 0.2 below zero
@@ -114,15 +113,13 @@ func PredictInto(dst, input []float32) error {
 	{
 		x := ws0[:3]
 		y := ws1[:2]
-		copy(y, outBias[:])
-		for i := 0; i < 3; i++ {
-			xi := x[i]
-			w := outKernel[i*2 : (i+1)*2]
-			w = w[:len(y)]
-			for j := range y {
-				y[j] += float32(xi * w[j])
-			}
+		y0, y1 := outBias[0], outBias[1]
+		for i, xi := range x {
+			w := outKernel[i*2 : (i+1)*2 : (i+1)*2]
+			y0 += float32(xi * w[0])
+			y1 += float32(xi * w[1])
 		}
+		y[0], y[1] = y0, y1
 	}
 
 	// out_act: softmax over 2 values
@@ -187,6 +184,15 @@ func addRows4Go(y, w0, w1, w2, w3 []float32, x0, x1, x2, x3 float32) {
 	for j := range y {
 		y[j] = y[j] + float32(x0*w0[j]) + float32(x1*w1[j]) + float32(x2*w2[j]) +
 			float32(x3*w3[j])
+	}
+}
+
+// addRowGo adds x*w[j] to y[j], each product rounded to float32. addRow (tiny_sse.go,
+// tiny_portable.go) calls it for all of y, or for what SSE leaves.
+func addRowGo(y, w []float32, x float32) {
+	w = w[:len(y)]
+	for j := range y {
+		y[j] += float32(x * w[j])
 	}
 }
 

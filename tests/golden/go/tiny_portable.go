@@ -18,3 +18,8 @@ package tiny
 func addRows4(y, w0, w1, w2, w3 []float32, x0, x1, x2, x3 float32) {
 	addRows4Go(y, w0, w1, w2, w3, x0, x1, x2, x3)
 }
+
+// addRow adds x*w[j] to y[j] (see addRowGo).
+func addRow(y, w []float32, x float32) {
+	addRowGo(y, w, x)
+}

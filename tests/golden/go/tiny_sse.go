@@ -29,3 +29,18 @@ func addRows4(y, w0, w1, w2, w3 []float32, x0, x1, x2, x3 float32) {
 		addRows4Go(y[n:], w0[n:], w1[n:], w2[n:], w3[n:], x0, x1, x2, x3)
 	}
 }
+
+// addRowSSE does addRowGo's work for the first len(y) &^ 3 outputs, in tiny_sse.s.
+//
+//go:noescape
+func addRowSSE(y, w []float32, x float32)
+
+// addRow adds x*w[j] to y[j] (see addRowGo): four outputs at a time in SSE, the last
+// len(y) % 4 in Go. w holds len(y) values.
+func addRow(y, w []float32, x float32) {
+	w = w[:len(y)]
+	addRowSSE(y, w, x)
+	if n := len(y) &^ 3; n < len(y) {
+		addRowGo(y[n:], w[n:], x)
+	}
+}

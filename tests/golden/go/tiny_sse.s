@@ -10,10 +10,12 @@
 // Work:    12 multiply-adds per sample; 20 bytes of stack workspace
 // Checked: |out - reference| <= 1e-05 + 0.0001 * |reference|
 //
-// addRows4SSE: the dense layers' inner loop, four outputs at a time in SSE, which every amd64
-// CPU has. Per four outputs: y += x0*w0, then += x1*w1, += x2*w2, += x3*w3, each product and
-// sum rounded to float32 (MULPS, ADDPS): the same operations in the same order as addRows4Go,
-// so the same bits.
+// SSE kernels, for every amd64 CPU has SSE2. Each does the same float32 operations in the same
+// order as its Go twin in tiny.go, so the same bits.
+//
+// addRows4SSE: the dense layers' inner loop, four outputs at a time. Per four outputs:
+// y += x0*w0, then += x1*w1, += x2*w2, += x3*w3, each product and sum rounded to float32
+// (MULPS, ADDPS), as in addRows4Go. addRowSSE: the same for one row, as in addRowGo.
 
 #include "textflag.h"
 
@@ -60,4 +62,28 @@ loop:
 	JNZ    loop
 
 done:
+	RET
+
+// func addRowSSE(y, w []float32, x float32)
+TEXT ·addRowSSE(SB), NOSPLIT, $0-52
+	MOVQ   y_base+0(FP), DI
+	MOVQ   y_len+8(FP), CX
+	MOVQ   w_base+24(FP), R8
+	MOVSS  x+48(FP), X4
+	SHUFPS $0, X4, X4
+	SHRQ   $2, CX
+	JZ     rowDone
+
+rowLoop:
+	MOVUPS (R8), X1
+	MULPS  X4, X1
+	MOVUPS (DI), X0
+	ADDPS  X1, X0
+	MOVUPS X0, (DI)
+	ADDQ   $16, DI
+	ADDQ   $16, R8
+	DECQ   CX
+	JNZ    rowLoop
+
+rowDone:
 	RET
