@@ -327,15 +327,11 @@ def test_go_is_gofmt_and_vet_clean(tmp_path):
                        env={**os.environ, "GOTOOLCHAIN": "local", **env})
 
 
-@pytest.mark.parametrize("which", ["digits", "odd"])
-@pytest.mark.parametrize("tags", ["", "purego"])
-def test_c_and_go_agree_bit_for_bit(tmp_path, workload, tags, which):
-    """Same accumulation order, no contraction, the same exp: the same bits, with the Go dense
-    loop in SSE assembly (amd64) and in Go (-tags purego); odd sizes leave remainders."""
-    model = workload("digits")[1].model if which == "digits" else odd_mlp()
-    x = codegen.golden_samples(model, 64)
-    codegen.export(model, ["c", "go"], tmp_path / "e", name="m")
-    (tmp_path / "e" / "c" / "dump.c").write_text(
+def c_and_go_bits(model: ir.Model, x: np.ndarray, folder: Path, tags: str = "") -> tuple:
+    """Export model to C and Go, run x through both (C -O2, Go with build tags `tags`) and
+    return each one's output bits, as hex strings."""
+    codegen.export(model, ["c", "go"], folder, name="m")
+    (folder / "c" / "dump.c").write_text(
         '#include "m.h"\n#include <stdio.h>\n#include <string.h>\n'
         "int main(void) {\n    float in[M_INPUT_SIZE], out[M_OUTPUT_SIZE];\n"
         "    unsigned int u;\n    int i;\n"
@@ -344,12 +340,12 @@ def test_c_and_go_agree_bit_for_bit(tmp_path, workload, tags, which):
         "        for (i = 0; i < M_OUTPUT_SIZE; ++i) {\n"
         '            memcpy(&u, &out[i], 4);\n            printf("%08x\\n", u);\n'
         "        }\n    }\n    return 0;\n}\n")
-    c_dir = tmp_path / "e" / "c"
+    c_dir = folder / "c"
     subprocess.run(["cc", "-std=c99", "-O2", "-o", "dump", "dump.c", "m.c", "-lm"], cwd=c_dir,
                    check=True)
-    c_out = subprocess.run(["./dump"], cwd=c_dir, input=x.tobytes(), capture_output=True,
-                           check=True).stdout.decode().split()
-    go_dir = tmp_path / "e" / "go"
+    c_out = subprocess.run(["./dump"], cwd=c_dir, input=x.astype("<f4").tobytes(),
+                           capture_output=True, check=True).stdout.decode().split()
+    go_dir = folder / "go"
     (go_dir / "dump_test.go").write_text(
         'package m\n\nimport (\n\t"encoding/binary"\n\t"fmt"\n\t"math"\n\t"os"\n'
         '\t"testing"\n)\n\nfunc TestDump(t *testing.T) {\n'
@@ -361,14 +357,59 @@ def test_c_and_go_agree_bit_for_bit(tmp_path, workload, tags, which):
         "\tout, err := PredictBatch(in)\n\tif err != nil {\n\t\tt.Fatal(err)\n\t}\n"
         '\tfor _, v := range out {\n\t\tfmt.Printf("BITS %08x\\n", math.Float32bits(v))\n'
         "\t}\n}\n")
-    (tmp_path / "x.bin").write_bytes(x.astype("<f4").tobytes())
+    (folder / "x.bin").write_bytes(x.astype("<f4").tobytes())
     go_out = subprocess.run(["go", "test", "-count=1", f"-tags={tags}", "-run", "TestDump", "-v",
                              "."],
                             cwd=go_dir, capture_output=True, text=True, check=True,
                             env={**os.environ, "GOTOOLCHAIN": "local",
-                                 "DUMP_INPUT": str(tmp_path / "x.bin")}).stdout
+                                 "DUMP_INPUT": str(folder / "x.bin")}).stdout
     go_bits = [line.split()[1] for line in go_out.splitlines() if line.startswith("BITS ")]
-    assert len(c_out) == len(x) * int(np.prod(model.output_shape)) and c_out == go_bits
+    assert len(c_out) == len(go_bits) == len(x) * int(np.prod(model.output_shape))
+    return c_out, go_bits
+
+
+SPECIALS = [np.nan, np.inf, -np.inf, -0.0, 0.0, 1e-45, -1e-45, 3e38, -3e38, 1e-30, -1e-30,
+            88.0, -88.0, 103.99, -104.5]
+
+
+@pytest.mark.parametrize("which", ["digits", "odd"])
+@pytest.mark.parametrize("tags", ["", "purego"])
+def test_c_and_go_agree_bit_for_bit(tmp_path, workload, tags, which):
+    """Same accumulation order, no contraction, the same exp: the same bits, NaN included,
+    with Go's dense loop and sigmoid in SSE assembly (amd64) and in Go (-tags purego); odd
+    sizes leave remainders."""
+    model = workload("digits")[1].model if which == "digits" else odd_mlp()
+    x = codegen.golden_samples(model, 64)
+    x[:len(SPECIALS), 0] = SPECIALS  # through every exp in the model, and to NaN
+    x[len(SPECIALS):2 * len(SPECIALS), 5] = SPECIALS
+    c_bits, go_bits = c_and_go_bits(model, x, tmp_path, tags)
+    assert c_bits == go_bits
+
+
+def test_elementwise_ops_give_the_reference_bits_in_c_and_go(tmp_path):
+    """Ops without sums or exp (standardize, relu, leaky relu) are exact: C and Go give the
+    reference's bits, -0.0 and NaN included (np.maximum(-0.0, 0) is +0.0)."""
+    rng = np.random.default_rng(8)
+    n = 7
+    model = ir.make_model("elementwise", (n,), [
+        ("s", "normalize", {}, {"mean": rng.normal(size=n).astype(np.float32),
+                                "std": rng.uniform(0.5, 2, size=n).astype(np.float32)}),
+        ("r", "relu", {}, {}), ("lr", "leaky_relu", {"alpha": 0.3}, {})])
+    plain = ir.make_model("plain", (n,), [("r", "relu", {}, {}),
+                                          ("lr", "leaky_relu", {"alpha": 0.3}, {})])
+    for m in (model, plain):
+        x = (rng.normal(size=(40, n)) * 3).astype(np.float32)
+        x.reshape(-1)[:len(SPECIALS)] = SPECIALS
+        x[-3:] = -0.0
+        with np.errstate(all="ignore"):
+            want = distill.run(m, x).reshape(-1)
+        want_bits = [f"{b:08x}" for b in want.view(np.uint32)]
+        nan = np.isnan(want)
+        for got in c_and_go_bits(m, x, tmp_path / m.name):
+            assert [g for g, isnan in zip(got, nan) if not isnan] == \
+                [w for w, isnan in zip(want_bits, nan) if not isnan], m.name
+            assert all(np.isnan(np.uint32(int(g, 16)).view(np.float32))
+                       for g, isnan in zip(got, nan) if isnan), m.name
 
 
 EXP_SWEEP_C = """#include "m.c"
@@ -537,7 +578,9 @@ def test_verify_catches_a_wrong_template(tmp_path, monkeypatch):
     fake = tmp_path / "templates"
     shutil.copytree(ROOT / "templates", fake)
     relu = fake / "c" / "ops" / "relu.j2"
-    relu.write_text(relu.read_text().replace("v < 0.0f ? 0.0f : v", "v < 0.0f ? 0.0f : v * 1.01f"))
+    text = relu.read_text()
+    assert "v <= 0.0f ? 0.0f : v;" in text  # else this test would break nothing
+    relu.write_text(text.replace("v <= 0.0f ? 0.0f : v;", "v <= 0.0f ? 0.0f : v * 1.01f;"))
     monkeypatch.setattr(codegen, "templates_dir", lambda: fake)
     model = ir.make_model("r", (4,), [("d", "dense", {}, {"kernel": np.eye(4, dtype=np.float32),
                                                           "bias": np.ones(4, np.float32)}),
@@ -640,7 +683,7 @@ def test_blob_c_is_clean_c99(tmp_path):
 def odd_mlp() -> ir.Model:
     """Sizes that fill no vector evenly: remainders everywhere in the tiled kernels."""
     rng = np.random.default_rng(3)
-    sizes, acts = (37, 21, 13, 5), ("tanh", "leaky_relu", "softmax")
+    sizes, acts = (37, 21, 15, 11, 5), ("tanh", "sigmoid", "leaky_relu", "softmax")
     layers = []
     for k, (a, b) in enumerate(zip(sizes, sizes[1:])):
         layers.append((f"d{k}", "dense", {}, {"kernel": rng.normal(size=(a, b)).astype(np.float32),
