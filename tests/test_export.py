@@ -99,7 +99,12 @@ def test_numpy_module_equals_the_reference_bit_for_bit(tmp_path, workload):
         ("s", "sigmoid", {}, {}), ("d2", "dense", {}, {
             "kernel": rng.normal(size=(300, 7)).astype(np.float32)}),
         ("lr", "leaky_relu", {"alpha": 0.3}, {}), ("sm", "softmax", {}, {})])
-    models = [*every_op_models(), sigmoid_wide, workload("digits")[1].model,
+    # one input: the module multiplies instead of matmul, and must still turn -0.0 into +0.0
+    one_input = [ir.make_model(f"one_input_{k}", (1,), [("d", "dense", {}, {
+        "kernel": np.array([[1.5, -0.0, 2.0, -3.0, 0.0]], np.float32), **bias})])
+        for k, bias in enumerate([{}, {"bias": np.array([-0.0, 1, -0.0, 0, 2], np.float32)},
+                                  {"bias": np.array([0.0, 1, 3, 0, 2], np.float32)}])]
+    models = [*every_op_models(), sigmoid_wide, *one_input, workload("digits")[1].model,
               workload("exp")[1].model, workload("blobs")[1].model]
     for model in models:
         module = numpy_module(model, tmp_path / model.name)

@@ -154,6 +154,11 @@ def camel(name: str, upper: bool = False) -> str:
     return out[:1].upper() + out[1:] if upper else out
 
 
+def negative_zero(values: np.ndarray) -> bool:
+    """Whether any of values is -0.0."""
+    return bool(np.any(np.signbit(values) & (values == 0)))
+
+
 def make_env(lang_dir: Path) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader([str(lang_dir)]),
@@ -167,6 +172,6 @@ def make_env(lang_dir: Path) -> jinja2.Environment:
         float=float_literal, float_lines=float_lines, hex_words=hex_words, c_string=c_string,
         go_string=go_string,
         py_string=py_string, b64_float32=b64_float32, wrap=wrap, camel=camel,
-        upper=lambda s: s.upper(),
+        upper=lambda s: s.upper(), negative_zero=negative_zero,
     )
     return env
