@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
 import io
 import json
 import sys
@@ -249,13 +248,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _remove_temporaries(outputs: list[Path]) -> None:
-    """Delete what a killed run's atomic writes left: `.NAME.XXXXXXXX.tmp` beside each output
-    (ir.atomic_write's names). Without this, every SIGKILL during a checkpoint write would add
-    one more to the folder for good."""
+    """Delete what a killed run's atomic writes left beside each output. Without this, every
+    SIGKILL during a checkpoint write would add one more to the folder for good."""
     for path in outputs:
-        for tmp in path.parent.glob(f".{glob.escape(path.name)}.????????.tmp"):
-            if tmp.is_file() and not tmp.is_symlink():
-                tmp.unlink(missing_ok=True)
+        ir.remove_stale_temporaries(path)
 
 
 def _summary(name: str, metrics: dict[str, dict[str, float]]) -> str:

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 import tokenize
 import zipfile
@@ -367,7 +368,8 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     The file gets the permissions `open()` would give a new file (0666 less the umask).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=temporary_prefix(path),
+                               suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -379,6 +381,39 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def temporary_prefix(path: Path) -> str:
+    """How the temporaries of a write to `path` begin: `.NAME.PID.`, beside it (atomic_write's
+    files, codegen's export folders), so that remove_stale_temporaries knows whose they are."""
+    return f".{path.name}.{os.getpid()}."
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete the temporaries (`.NAME.PID.XXXXXXXX`, a file or a folder) that killed writes to
+    `path` left beside it. One whose process still runs is left alone: it may be mid-write."""
+    parent = Path(path).parent
+    if not parent.is_dir():
+        return
+    pattern = re.compile(re.escape(f".{Path(path).name}.") + r"(\d+)\.\w{8}(\.tmp)?")
+    for tmp in parent.iterdir():
+        found = pattern.fullmatch(tmp.name)
+        if not found or tmp.is_symlink() or _running(int(found[1])):
+            continue
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.is_file():
+            tmp.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):
+        return True  # someone else's process, or no way to tell: keep its temporary
+    return True
 
 
 def _umask() -> int:

@@ -1,6 +1,7 @@
 """Shared fixtures: the six reference workloads, each trained once per test session."""
 
 import importlib
+import importlib.util
 import os
 from pathlib import Path
 
@@ -31,3 +32,11 @@ def require(module: str):
     if os.environ.get("CI"):
         return importlib.import_module(module)
     return pytest.importorskip(module)
+
+
+def load_module(path: Path, name: str):
+    """Import the Python file at path (an exported NumPy module) as a module called name."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, WORKLOADS
+from conftest import ROOT, WORKLOADS, load_module
 
 import distill
 from distill import codegen, ir
@@ -80,12 +80,8 @@ def test_every_op_in_every_language(model):
 
 
 def numpy_module(model, folder):
-    import importlib.util
     codegen.export(model, ["numpy"], folder)
-    spec = importlib.util.spec_from_file_location(f"np_{model.name}", folder / f"{model.name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(folder / f"{model.name}.py", f"np_{model.name}")
 
 
 def test_numpy_module_equals_the_reference_bit_for_bit(tmp_path, workload):

@@ -17,7 +17,6 @@ ONNX), never a crash.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import os
 import re
 import shutil
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_module
 from test_hardening_fuzz import base_model
 
 from distill import codegen, ir
@@ -206,17 +206,14 @@ def test_labels_read_back_exactly(hostile, tmp_path):
     subprocess.run(["go", "test", "-count=1", "-run", "TestLabelsOut", "."], cwd=go, check=True,
                    env={**GO_ENV, "LABELS_OUT": str(tmp_path / "labels")}, capture_output=True)
     assert (tmp_path / "labels").read_bytes().split(b"\x1e") == [lab.encode() for lab in LABELS]
-    module = load_module(root / "evil" / "numpy")
+    module = numpy_export(root / "evil" / "numpy")
     assert list(module.LABELS) == LABELS
 
 
-def load_module(folder: Path):
+def numpy_export(folder: Path):
+    """The NumPy module exported into folder."""
     path = next(p for p in folder.glob("*.py") if not p.name.startswith("test_"))
-    spec = importlib.util.spec_from_file_location(f"hardening_{folder.parent.name}_{path.stem}",
-                                                  path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(path, f"hardening_{folder.parent.name}_{path.stem}")
 
 
 @pytest.mark.slow
@@ -474,7 +471,7 @@ def test_emitted_code_run_time_contract(model, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     same_specials(np.fromfile(tmp_path / "go.bin", "<f4"), want, "Go")
 
-    module = load_module(tmp_path / "numpy")
+    module = numpy_export(tmp_path / "numpy")
     shape = tuple(model.input_shape)
     for bad in [(), (1,), (int(np.prod(shape)) + 1,), (2, int(np.prod(shape)) + 1),
                 (*shape, 1), (1, 1, *shape), (0,)]:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import keyword
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -375,8 +374,8 @@ def replace_dir(out: Path, files: dict[str, bytes]) -> None:
     parent = out.parent
     if not parent.is_dir():
         raise DistillError(f"{parent}: no such directory")
-    _remove_stale_temps(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", dir=parent))
+    ir.remove_stale_temporaries(out)
+    tmp = Path(tempfile.mkdtemp(prefix=ir.temporary_prefix(out), dir=parent))
     try:
         for rel, data in files.items():
             path = tmp / rel
@@ -391,26 +390,6 @@ def replace_dir(out: Path, files: dict[str, bytes]) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _remove_stale_temps(out: Path) -> None:
-    """Delete the temporary folders (.OUT.PID.XXXXXXXX) that earlier exports to `out` left
-    behind when they were killed; a folder whose process still runs is left alone."""
-    pattern = re.compile(re.escape(f".{out.name}.") + r"(\d+)\.\w{8}")
-    for path in out.parent.iterdir():
-        found = pattern.fullmatch(path.name)
-        if found and path.is_dir() and not path.is_symlink() and not _running(int(found[1])):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (OSError, OverflowError):
-        return True  # someone else's process, or no way to tell: keep its folder
-    return True
 
 
 def _exchange(a: Path, b: Path) -> None:
