@@ -10,7 +10,7 @@
 // Work:    12 multiply-adds per sample; 20 bytes of stack workspace
 // Checked: |out - reference| <= 1e-05 + 0.0001 * |reference|
 //
-// Everywhere but amd64, and with -tags purego: the dense layers' inner loop in Go.
+// Everywhere but amd64, and with -tags purego: the loops that run in SSE on amd64, in Go.
 
 package tiny
 

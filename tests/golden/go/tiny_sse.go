@@ -10,8 +10,8 @@
 // Work:    12 multiply-adds per sample; 20 bytes of stack workspace
 // Checked: |out - reference| <= 1e-05 + 0.0001 * |reference|
 //
-// On amd64 the dense layers' inner loop runs in SSE (tiny_sse.s), four outputs at a
-// time, with the same bits as the portable loop. Build with -tags purego to use that instead.
+// On amd64 the kernels in tiny_sse.s run four values at a time in SSE, with the same bits
+// as their Go twins in tiny.go. Build with -tags purego to use those instead.
 
 package tiny
 
