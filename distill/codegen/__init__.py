@@ -187,8 +187,10 @@ MAX_GOLDEN_VALUES = 1 << 22
 def golden_budget(model: ir.Model, samples: int) -> None:
     """Raise DistillError unless `samples` golden vectors (inputs and outputs) fit in
     MAX_GOLDEN_VALUES values, saying how many would."""
+    if samples < 0:
+        raise DistillError(f"the number of golden vectors must be 0 or more, got {samples}")
     per_sample = prod(model.input_shape) + prod(model.output_shape)
-    if samples < 0 or samples * per_sample > MAX_GOLDEN_VALUES:
+    if samples * per_sample > MAX_GOLDEN_VALUES:
         most = MAX_GOLDEN_VALUES // per_sample
         hint = f"; --samples {most} or fewer fit" if most else ""
         raise DistillError(f"model {model.name!r} takes {prod(model.input_shape):,} and gives "

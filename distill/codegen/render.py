@@ -13,10 +13,12 @@ import base64
 import bisect
 import itertools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jinja2
 import numpy as np
+
+if TYPE_CHECKING:
+    import jinja2
 
 
 def templates_dir() -> Path:
@@ -160,6 +162,7 @@ def negative_zero(values: np.ndarray) -> bool:
 
 
 def make_env(lang_dir: Path) -> jinja2.Environment:
+    import jinja2  # here, not at the top: the command line reads codegen's constants without it
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader([str(lang_dir)]),
         undefined=jinja2.StrictUndefined,
