@@ -1,15 +1,14 @@
 """The command line as a user runs it: real subprocesses, exit codes, files on disk."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import HANG_SECONDS
+from test_hardening_crash import DRIVER, run_until_killed
 
 import distill
 
@@ -19,7 +18,7 @@ EXAMPLES = ROOT / "examples"
 
 def cli(*args, cwd=None, check=True):
     proc = subprocess.run([sys.executable, "-m", "distill.cli", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=HANG_SECONDS)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}: {proc.stderr}")
     return proc
@@ -146,16 +145,10 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path):
     cli("train", config, "-o", tmp_path / "ref.distill", "-q")
     out = tmp_path / "run.distill"
     ckpt = tmp_path / "run.distill.ckpt"
-    proc = subprocess.Popen([sys.executable, "-m", "distill.cli", "train", str(config), "-o",
-                             str(out), "-q"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    if not ckpt.exists():
-        pytest.fail("the run finished or died before its first checkpoint")
+    # Killed at its 50th step, after the checkpoint of step 40: counted in steps, not seconds.
+    argv = [sys.executable, "-c", DRIVER, "train", str(config), "-o", str(out), "-q"]
+    _, steps = run_until_killed(argv, "step:50")
+    assert steps[-1] == 50 and ckpt.exists()
     assert not out.exists()
     cli("train", config, "-o", out, "--resume", "-q")
     ref, run = distill.load(tmp_path / "ref.distill"), distill.load(out)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import HANG_SECONDS
 from test_hardening_fuzz import (
     alarm,
     base_model,
@@ -103,7 +104,7 @@ def test_not_model_files(tmp_path, make, match):
         make(path)
         # Keras files are refused in Keras's words (or the preflight's), .distill in ours.
         expect = match if name.endswith(".distill") else "."
-        with alarm(20):
+        with alarm(HANG_SECONDS):
             fails(["inspect", path], expect)
             fails(["export", path, "--lang", "c", "-o", tmp_path / "out"], expect)
         assert not (tmp_path / "out").exists()
@@ -194,7 +195,7 @@ def test_tiny_file_with_a_huge_input_is_refused_before_allocating(tmp_path):
     out = tmp_path / "out"
     for argv in (["export", tmp_path / "wide.distill", "--lang", "c", "-o", out],
                  ["verify", tmp_path / "wide.distill", "--lang", "c"]):
-        with alarm(20):
+        with alarm(HANG_SECONDS):
             code, _, err, peak = run_cli([str(a) for a in argv])
         assert code == 2 and "golden vectors would exceed" in err and peak < 16 << 20, err
     assert not out.exists()
@@ -292,7 +293,7 @@ def test_ir_load_memory_is_bounded_by_declared_sizes(saved, tmp_path):
 
 def test_ir_load_refuses_a_fifo_without_blocking(tmp_path):
     os.mkfifo(tmp_path / "m.distill")
-    with alarm(1), pytest.raises(ModelFormatError):
+    with alarm(HANG_SECONDS), pytest.raises(ModelFormatError):
         ir.load(tmp_path / "m.distill")
 
 
@@ -424,7 +425,7 @@ CONFIG_CASES = [
 def test_config_errors_are_one_line_before_training(tmp_path, text, match):
     config = tmp_path / "c.toml"
     config.write_text(text, encoding="utf-8", errors="surrogateescape")
-    with alarm(30):  # a hang guard, not a speed test
+    with alarm(HANG_SECONDS):  # a hang guard, not a speed test
         code, out, err, peak = run_cli(["train", str(config), "-o", str(tmp_path / "m.distill"),
                                         "-q"])
     line = check_error(code, err, ["train", config])
@@ -501,7 +502,7 @@ def write_npy_header_only(path: Path, shape, descr="<f4") -> Path:
 def test_predict_rejects_bad_inputs(small, tmp_path, make, match):
     make(tmp_path)
     x = next(p for p in tmp_path.iterdir() if p.stem == "x")
-    with alarm(20):
+    with alarm(HANG_SECONDS):
         code, _, err, peak = run_cli(["predict", str(small), "--input", str(x)])
     line = check_error(code, err, ["predict", x])
     assert code == 2 and re.search(match, line) and peak < 16 << 20, (line, peak)
@@ -544,7 +545,7 @@ def test_predict_to_a_fifo_writes_through_it(small, tmp_path):
     got = []
     reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
     reader.start()
-    with alarm(20):
+    with alarm(HANG_SECONDS):
         code, _, err, _ = run_cli(["predict", str(small), "--input", str(tmp_path / "x.npy"),
                                    "-o", str(fifo)])
         reader.join()

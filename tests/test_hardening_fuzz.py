@@ -31,13 +31,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import HANG_SECONDS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from distill import cli, ir
 
 MEMORY_SLACK = 200 << 20     # what one case may allocate beyond its file's size
-CASE_SECONDS = 20.0          # one case (all its commands); a hang trips the alarm
+CASE_SECONDS = HANG_SECONDS  # one case (all its commands); a hang trips the alarm
 MAX_PREDICT_VALUES = 1 << 16  # predict only on models whose input a test can afford to make
 
 
