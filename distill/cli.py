@@ -17,9 +17,9 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import sys
 import tempfile
-import warnings
 from collections.abc import Iterator
 from math import prod
 from pathlib import Path
@@ -42,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("distill: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        if args.debug:
+            raise
+        print("distill: error: out of memory: the model or the data is too large for this "
+              "machine", file=sys.stderr)
+        return 2
     except (DistillError, OSError) as e:
         if args.debug:
             raise
@@ -77,9 +83,35 @@ def _output_file(path: Path, what: str = "output") -> None:
     """Refuse an output path that cannot receive a file, before any work is done."""
     if path.is_dir():
         raise DistillError(f"{path}: is a directory; give a file name for the {what}")
-    if not path.parent.is_dir():
-        raise DistillError(f"{path.parent}: no such directory")
-    _writable_dir(path.parent)
+    if _stream(path):
+        return  # written through, as it is
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    if not target.parent.is_dir():
+        raise DistillError(f"{target.parent}: no such directory")
+    _replaceable(target)
+    _writable_dir(target.parent)
+
+
+def _replaceable(path: Path) -> None:
+    """A read-only file is not replaced: renaming over it would ignore its permissions."""
+    if path.is_file() and (not os.access(path, os.W_OK) or not path.stat().st_mode & 0o222):
+        raise DistillError(f"{path}: is read-only; make it writable or choose another name")
+
+
+def _stream(path: Path) -> bool:
+    """A FIFO, a device, /dev/stdout or a link into /dev or /proc (/proc/self/fd/1): written
+    through, never replaced, since replacing one with a regular file would destroy it."""
+    if path.exists() and not path.is_file():
+        return True
+    hops, p = 0, Path(os.path.abspath(path))
+    while hops < 40:
+        if str(p).startswith(("/proc/", "/dev/fd/", "/dev/std")):
+            return True
+        if not p.is_symlink():
+            return False
+        link = Path(os.readlink(p))
+        p, hops = Path(os.path.abspath(p.parent / link)), hops + 1
+    return False
 
 
 def _writable_dir(folder: Path) -> None:
@@ -106,11 +138,11 @@ def _write_output(path: Path, data: bytes, what: str = "output") -> None:
     """Atomically replace a regular file; write a FIFO, a device or /dev/stdout directly
     (replacing one with a regular file would destroy it)."""
     with _writing(path, what):
-        if path.exists() and not path.is_file():
+        if _stream(path):
             with open(path, "wb") as f:
                 f.write(data)
         else:
-            ir.atomic_write(path, data)
+            ir.atomic_write(path, data)  # through a symbolic link to its target
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -198,7 +230,6 @@ def _load(path: str) -> ir.Model:
 # ---------------------------------------------------------------------------------- train
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .backends import train
     from .config import load_config
     config = load_config(args.config)
     if args.epochs is not None and args.epochs < 1:
@@ -216,12 +247,52 @@ def cmd_train(args: argparse.Namespace) -> int:
     _writable_dir(out.parent)  # find a read-only folder now, not after hours of training
     ckpt = out.with_name(out.name + ".ckpt")
     stem = out.with_suffix("")
-    _remove_temporaries([out, ckpt, Path(f"{stem}.history.json"), Path(f"{stem}.loss.png")])
-    if args.resume and not ckpt.exists():
-        print(f"distill: no checkpoint at {ckpt}; starting from the beginning", file=sys.stderr)
-    options = {"strategy": args.strategy} if args.strategy else {}
+    outputs = [out, ckpt, Path(f"{stem}.history.json"), Path(f"{stem}.loss.png")]
+    for path in outputs:
+        if path.exists() and Path(args.config).exists() and path.samefile(args.config):
+            raise DistillError(f"{path}: is the config being trained; choose another -o")
+        _replaceable(Path(os.path.realpath(path)))
     if args.strategy and args.backend != "tensorflow":
         raise DistillError("--strategy is for --backend tensorflow")
+    with _locked(out.with_name(out.name + ".lock"), out):
+        _remove_temporaries(outputs)
+        if args.resume and not ckpt.exists():
+            print(f"distill: no checkpoint at {ckpt}; starting from the beginning",
+                  file=sys.stderr)
+        return _train(args, config, out, ckpt, stem)
+
+
+@contextlib.contextmanager
+def _locked(lock: Path, out: Path) -> Iterator[None]:
+    """Hold `lock` (an flock'd file beside the output) for the run: a second `distill train`
+    of the same output would write the same checkpoint and model under the first one."""
+    import fcntl
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DistillError(f"{out}: another distill train is writing it (it holds {lock}); "
+                               "wait for it to end, or choose another -o") from None
+        try:  # the lock file may have been removed by the run that just ended: retry
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def _train(args: argparse.Namespace, config, out: Path, ckpt: Path, stem: Path) -> int:
+    from .backends import train
+    options = {"strategy": args.strategy} if args.strategy else {}
     try:
         result = train(config, args.backend, epochs=args.epochs, seed=args.seed,
                        checkpoint=ckpt, resume=args.resume, verbose=0 if args.quiet else 1,
@@ -463,29 +534,51 @@ def _report(model: ir.Model, langs: list[str], name: str | None, samples: int,
 
 # -------------------------------------------------------------------------------- predict
 
-def read_samples(path: str) -> np.ndarray:
+def read_samples(path: str, model: ir.Model | None = None) -> np.ndarray:
+    """Samples from a .npy file, or a CSV file as training reads one (a header, quoted cells,
+    a byte-order mark, and a label column, which is left out: the model's feature names pick
+    the columns when it records them, else the columns must be its inputs)."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: {'not a regular file' if p.exists() else 'no such file'}")
+    if p.suffix == ".csv":
+        return _csv_samples(p, model)
+    if p.suffix != ".npy":
+        raise DataError(f"{p}: expected a .npy or .csv file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # loadtxt warns on an empty file: we say it once
-            if p.suffix == ".npy":
-                # Memory-mapped first: a header claiming 10**12 values is refused by the map
-                # (the file is too short) instead of being allocated, and nothing is unpickled.
-                x = np.load(p, mmap_mode="r", allow_pickle=False)
-            elif p.suffix == ".csv":
-                x = np.loadtxt(p, delimiter=",", dtype=np.float32, ndmin=2)
-                if not x.size:
-                    raise DataError(f"{p}: holds no samples")
-            else:
-                raise DataError(f"{p}: expected a .npy or .csv file")
-    except (ValueError, EOFError, UnicodeDecodeError) as e:
+        # Memory-mapped first: a header claiming 10**12 values is refused by the map (the file
+        # is too short) instead of being allocated, and nothing is unpickled.
+        x = np.load(p, mmap_mode="r", allow_pickle=False)
+    except (ValueError, EOFError, UnicodeDecodeError, SyntaxError, RecursionError) as e:
         raise DataError(f"{p}: unreadable ({_first_line(e)})") from None
+    except Exception as e:  # the header parser's own (tokenize.TokenError): hostile bytes
+        raise DataError(f"{p}: unreadable .npy header ({type(e).__name__})") from None
     if x.dtype.kind not in "fiu":
         raise DataError(f"{p}: holds {x.dtype} values, expected numbers")
     with np.errstate(over="ignore"):  # beyond float32's range is inf, like a NaN it propagates
         return np.array(x, dtype=np.float32)
+
+
+def _csv_samples(p: Path, model: ir.Model | None) -> np.ndarray:
+    from .data import numeric_cells, read_csv
+    names, rows, lines = read_csv(p, header=None)
+    width = len(rows[0])
+    wanted = prod(model.input_shape) if model is not None else width
+    features = model.metadata.get("features") if model is not None else None
+    if not (isinstance(features, list) and len(features) == wanted
+            and all(isinstance(f, str) for f in features)):
+        features = None
+    if names is not None and features is not None and set(features) <= set(names):
+        cols = [names.index(f) for f in features]
+    elif width == wanted:
+        cols = list(range(width))
+    else:
+        named = f" ({_text(', '.join(features), 200)})" if features else ""
+        raise DataError(f"{p}: {width} columns, but model {model.name!r} takes {wanted} "
+                        f"features{named}" + ("; a header naming them picks them out"
+                                              if features else ""))
+    x = numeric_cells(p, rows, lines, cols, names or [str(i) for i in range(width)])
+    return x.reshape(len(x), *model.input_shape) if model is not None else x
 
 
 def _first_line(e: BaseException) -> str:
@@ -496,9 +589,11 @@ def _first_line(e: BaseException) -> str:
 def cmd_predict(args: argparse.Namespace) -> int:
     model = _load(args.model)
     out = Path(args.output) if args.output else None
-    if out is not None and not (out.exists() and not out.is_file() and not out.is_dir()):
+    if out is not None:
         _output_file(out)
-    x = read_samples(args.input)
+    elif sys.stdout is None:
+        raise DistillError("standard output is closed; give -o FILE for the predictions")
+    x = read_samples(args.input, model)
     shape = tuple(model.input_shape)
     if x.shape == shape:
         x = x[None]  # one sample
@@ -510,11 +605,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.classes:
         labels = model.labels or [str(i) for i in range(max(y.shape[-1], 2))]
         idx = (y[:, 0] > 0.5).astype(int) if y.shape[-1] == 1 else y.argmax(-1)
-        text = "".join(labels[i] + "\n" for i in idx)
+        # Labels are text from the model file: one escaped line each, in a file too.
+        text = "".join(_text(labels[i], 2000) + "\n" for i in idx)
         if out is not None:
             _write_output(out, text.encode("utf-8", "backslashreplace"))
         else:
-            sys.stdout.write("".join(_text(labels[i], 2000) + "\n" for i in idx))
+            sys.stdout.write(text)
         return 0
     if out is not None:
         buf = io.BytesIO()

@@ -24,6 +24,8 @@ expected type), so a bad config fails in one line before any data is loaded or s
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -50,6 +52,7 @@ LAYER_KEYS = {
 OPTIMIZER_KEYS = {"sgd": {"learning_rate", "momentum", "nesterov"},
                   "adam": {"learning_rate", "beta_1", "beta_2", "epsilon"},
                   "rmsprop": {"learning_rate", "rho", "momentum", "epsilon"}}
+DECAY_RATES = {"beta_1", "beta_2", "rho", "momentum"}  # each in [0, 1)
 SCHEDULE_KEYS = {"exponential_decay": {"initial_learning_rate", "decay_steps", "decay_rate",
                                        "staircase"},
                  "step_decay": {"initial_learning_rate", "step_size", "factor"},
@@ -72,6 +75,19 @@ class Config:
     early_stopping: dict[str, Any] | None = None
     description: str = ""
     base_dir: Path = field(default=Path("."))
+
+    def fingerprint(self, seed: int | None = None) -> str:
+        """sha256 of what decides the steps a run takes: data, layers, loss, optimizer,
+        batches, metrics and seed. A checkpoint records it, so `--resume` refuses one from
+        another config. Name, epochs and checkpoint interval are left out: a run may be
+        extended with more epochs."""
+        doc = {"data": self.data, "layers": self.layers, "loss": self.loss,
+               "optimizer": self.optimizer, "batch_size": self.batch_size,
+               "metrics": self.metrics, "shuffle": self.shuffle,
+               "early_stopping": self.early_stopping,
+               "seed": self.seed if seed is None else seed}
+        text = json.dumps(doc, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def build_layers(self) -> list[nn.Layer]:
         """Fresh layer objects for the NumPy backend."""
@@ -324,6 +340,8 @@ def _optimizer(spec: Any) -> Any:
         if not _finite(value) or value < 0:
             raise ConfigError(f"{where} key {key!r} must be a finite non-negative number, "
                               f"got {value!r}")
+        if key in DECAY_RATES and not value < 1:  # 1 divides by zero in Adam's bias correction
+            raise ConfigError(f"{where} key {key!r} must be in [0, 1), got {value!r}")
     try:
         optim.get(spec)
     except (ValueError, TypeError) as e:

@@ -34,8 +34,15 @@ Common to all: `source` (required), `seed` (replaces the config's seed), and `va
 and `standardize`, which are checked here but used by `split` and the backends.
 
 When `task` is not given, labels are classes when every value is an integer or some value is not
-a number. Integer labels are the class indices themselves (labels 1..3 give classes "0".."3");
-text labels become indices in sorted order, with the texts as `class_names`.
+a number. Class labels, integers or texts, become indices in sorted order of their distinct
+values, which are kept as `class_names` (labels 1..3 give three classes, "1", "2" and "3").
+
+Data files must be regular files (a FIFO or /dev/zero would block or grow forever) of at most
+MAX_DATA_BYTES (CSV: MAX_CSV_BYTES, which Python's parser turns into many times that in
+memory); an NPZ archive's arrays are checked against the same bound before they are inflated.
+CSV cells that are empty or NA, N/A, NaN, nan, null, NULL, None or ? are missing: `missing =
+"error"` (the default) lists them, `"drop"` drops their rows. IDX bytes are pixel values 0..255
+and stay so: the model's first node divides by 255, so exported code takes the raw bytes.
 """
 
 from __future__ import annotations
@@ -74,6 +81,9 @@ class Dataset:
     class_names: tuple[str, ...] | None
     description: str
     truth: dict | None = None
+    # The features are raw values that the model's first node divides by this (IDX bytes:
+    # 255), so that exported code takes the data as the files hold it.
+    input_scale: float | None = None
 
     def __post_init__(self) -> None:
         where = self.description or "dataset"
@@ -416,17 +426,15 @@ def _labels(values: np.ndarray, task: str | None, where: str,
         names = sorted(set(text))
         index = {name: i for i, name in enumerate(names)}
         return np.array([index[t] for t in text], dtype=np.int64), task, tuple(names)
-    if not integral or (len(numbers) and numbers.min() < 0):
-        bad = next(i for i, v in enumerate(numbers)
-                   if not (math.isfinite(v) and v == round(v) and v >= 0))
-        raise DataError(f"{where}: {line_of(bad)}: class label {numbers[bad]:g} is not a "
-                        "non-negative integer (set task = \"regression\" for numeric targets)")
-    y = numbers.astype(np.int64)
-    count = int(y.max()) + 1 if len(y) else 0
-    if count > _MAX_CLASSES:
-        raise DataError(f"{where}: class label {count - 1} is too large to be a class index (at "
-                        f"most {_MAX_CLASSES - 1}); set task = \"regression\" for numeric targets")
-    return y, task, tuple(str(i) for i in range(count))
+    if not integral:
+        bad = next(i for i, v in enumerate(numbers) if not (math.isfinite(v) and v == round(v)))
+        raise DataError(f"{where}: {line_of(bad)}: class label {numbers[bad]:g} is not an "
+                        "integer (set task = \"regression\" for numeric targets)")
+    values, y = np.unique(numbers.astype(np.int64), return_inverse=True)
+    if len(values) > _MAX_CLASSES:
+        raise DataError(f"{where}: {len(values):,} distinct class labels (at most "
+                        f"{_MAX_CLASSES:,}); set task = \"regression\" for numeric targets")
+    return y.reshape(-1).astype(np.int64), task, tuple(str(int(v)) for v in values)
 
 
 def _parses(text: str) -> bool:
@@ -437,17 +445,32 @@ def _parses(text: str) -> bool:
     return True
 
 
-def _must_exist(path: Path, what: str = "data file") -> None:
+MAX_DATA_BYTES = 2 << 30   # a data file, or the arrays an NPZ archive inflates to
+MAX_CSV_BYTES = 256 << 20  # Python's CSV parser holds several times the file in memory
+
+
+def _must_exist(path: Path, what: str = "data file", limit: int = MAX_DATA_BYTES) -> None:
     if not path.exists():
         raise DataError(f"{what} not found: {path}")
     if what == "data file" and path.is_dir():
         raise DataError(f"{path} is a directory, not a {what}")
+    if what == "data file" and not path.is_file():
+        raise DataError(f"{path}: not a regular file (a pipe or a device would block or never "
+                        "end); give a file")
+    if what == "data file" and path.stat().st_size > limit:
+        raise DataError(f"{path}: {path.stat().st_size:,} bytes; distill reads data files of "
+                        f"up to {limit:,} bytes")
 
 
 # ---------------------------------------------------------------------------------------------
 # CSV
 
-@_source("csv", {"path", "label", "features", "header", "delimiter", "task"})
+MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})  # compared lower-cased
+MISSING_POLICIES = ("error", "drop")
+_SHOWN_CELLS = 10  # bad cells named in one error; the rest are counted
+
+
+@_source("csv", {"path", "label", "features", "header", "delimiter", "task", "missing"})
 def _csv(table: Mapping[str, Any], base_dir: Path, seed: int) -> Dataset:
     path = _get_path(table, base_dir, "csv")
     header = _get_bool(table, "header", True)
@@ -462,34 +485,15 @@ def _csv(table: Mapping[str, Any], base_dir: Path, seed: int) -> Dataset:
     if features is not None and (not isinstance(features, list) or not features
                                  or not all(isinstance(f, str) for f in features)):
         raise _type_error("features", "a non-empty list of column names", features)
+    missing = table.get("missing", "error")
+    if missing not in MISSING_POLICIES:
+        raise _type_error("missing", " or ".join(map(repr, MISSING_POLICIES)), missing)
     if not header and (isinstance(label, str) or features is not None):
         key = "label" if isinstance(label, str) else "features"
         raise ConfigError(f"[data] key {key!r} names columns, which needs a header row "
                           "(header = true); without one give 'label' as a column index")
-    _must_exist(path)
-
-    rows: list[list[str]] = []
-    lines: list[int] = []
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f, delimiter=delimiter)
-            names = None
-            for row in reader:
-                if not any(cell.strip() for cell in row):
-                    continue  # blank lines, including a trailing one
-                if header and names is None:
-                    names = [cell.strip() for cell in row]
-                    continue
-                rows.append(row)
-                lines.append(reader.line_num)
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"{path}: cannot read as CSV: {e}") from None
-    if not rows:
-        raise DataError(f"{path}: no data rows")
+    names, rows, lines = read_csv(path, delimiter, header)
     width = len(names) if names is not None else len(rows[0])
-    for row, line in zip(rows, lines, strict=True):
-        if len(row) != width:
-            raise DataError(f"{path}: line {line}: {len(row)} columns, expected {width}")
     if width < 2:
         raise DataError(f"{path}: needs at least two columns (features and a label), has {width}")
     if names is None:
@@ -516,25 +520,90 @@ def _csv(table: Mapping[str, Any], base_dir: Path, seed: int) -> Dataset:
         if len(set(feature_cols)) != len(feature_cols):
             raise ConfigError("[data] features name a column twice")
 
-    x = np.empty((len(rows), len(feature_cols)), dtype=np.float32)
-    for r, (row, line) in enumerate(zip(rows, lines, strict=True)):
-        for c, col in enumerate(feature_cols):
-            cell = row[col].strip()
-            try:
-                value = float(cell)
-            except ValueError:
-                raise DataError(f"{path}: line {line}, column {names[col]!r}: {cell!r} is not a "
-                                "number") from None
-            if not math.isfinite(value):
-                raise DataError(f"{path}: line {line}, column {names[col]!r}: {cell!r} is NaN or "
-                                "infinite")
-            x[r, c] = value
+    if missing == "drop":
+        keep = [r for r, row in enumerate(rows)
+                if not any(row[c].strip().lower() in MISSING for c in [*feature_cols, label_col])]
+        if not keep:
+            raise DataError(f"{path}: every row has a missing value (missing = \"drop\")")
+        rows, lines = [rows[r] for r in keep], [lines[r] for r in keep]
+    else:
+        empty = [f"line {line}, column {names[label_col]!r}" for row, line in zip(rows, lines)
+                 if row[label_col].strip().lower() in MISSING]
+        if empty:
+            raise DataError(f"{path}: {_cells(empty, 'is a missing label', 'are missing labels')}"
+                            " (rows with missing cells can be dropped: missing = \"drop\")")
+    x = numeric_cells(path, rows, lines, feature_cols, names)
     raw = np.array([row[label_col] for row in rows], dtype=object)
     y, task, class_names = _labels(raw, task, str(path), lambda i: f"line {lines[i]}")
     feature_names = tuple(names[c] for c in feature_cols) if header else None
     return Dataset(x=x, y=y, task=task, feature_names=feature_names, class_names=class_names,
                    description=_describe(path.name, "CSV", x, y, task,
                                          len(class_names or ())))
+
+
+def read_csv(path: Path, delimiter: str = ",", header: bool | None = True
+             ) -> tuple[list[str] | None, list[list[str]], list[int]]:
+    """(column names, rows of cells, their line numbers) of a CSV file: UTF-8 with or without
+    a byte-order mark, quoted cells as the csv module reads them, blank lines skipped, every
+    row as wide as the first. `header=None`: a first row with a cell that is neither a number
+    nor missing is the header."""
+    _must_exist(path, limit=MAX_CSV_BYTES)
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f, delimiter=delimiter)
+            for row in reader:
+                if any(cell.strip() for cell in row):  # blank lines, a trailing one too
+                    rows.append(row)
+                    lines.append(reader.line_num)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: cannot read as CSV: {e}") from None
+    if header is None:
+        header = bool(rows) and not all(_parses(c) or c.strip().lower() in MISSING
+                                        for c in rows[0])
+    names = None
+    if header and rows:
+        names = [cell.strip() for cell in rows.pop(0)]
+        lines.pop(0)
+    if not rows:
+        raise DataError(f"{path}: no data rows")
+    width = len(names) if names is not None else len(rows[0])
+    for row, line in zip(rows, lines, strict=True):
+        if len(row) != width:
+            raise DataError(f"{path}: line {line}: {len(row)} columns, expected {width}")
+    return names, rows, lines
+
+
+def numeric_cells(path: Path, rows: list[list[str]], lines: list[int], cols: list[int],
+                  names: list[str]) -> np.ndarray:
+    """The `cols` of `rows` as float32 (N, len(cols)); every cell that is not a finite number
+    is named in one error (the first few, and how many in all)."""
+    x = np.empty((len(rows), len(cols)), dtype=np.float32)
+    bad: list[str] = []
+    for r, (row, line) in enumerate(zip(rows, lines, strict=True)):
+        for c, col in enumerate(cols):
+            cell = row[col].strip()
+            try:
+                value = float(cell)
+            except ValueError:
+                value = math.nan
+            if not math.isfinite(value):
+                what = "missing" if cell.lower() in MISSING else repr(cell)
+                bad.append(f"line {line}, column {names[col]!r}: {what}")
+                continue
+            x[r, c] = value
+    if bad:
+        raise DataError(f"{path}: {_cells(bad, 'is not a finite number', 'are not finite numbers')}"
+                        " (rows with missing cells can be dropped: missing = \"drop\")")
+    return x
+
+
+def _cells(bad: list[str], one: str, many: str) -> str:
+    """'1 cell is X: A' or '12 cells are X: A; B; ... and 2 more'."""
+    shown = "; ".join(bad[:_SHOWN_CELLS])
+    more = f"; and {len(bad) - _SHOWN_CELLS:,} more" if len(bad) > _SHOWN_CELLS else ""
+    return (f"1 cell {one}: " if len(bad) == 1 else f"{len(bad):,} cells {many}: ") + shown + more
 
 
 # ---------------------------------------------------------------------------------------------
@@ -553,6 +622,12 @@ def _npz(table: Mapping[str, Any], base_dir: Path, seed: int) -> Dataset:
         if f.read(2) != b"PK":
             raise DataError(f"{path}: not an NPZ file (a zip archive made by numpy.savez)")
     try:
+        with zipfile.ZipFile(path) as z:  # a small file can inflate to terabytes: check first
+            inflated = sum(i.file_size for i in z.infolist()
+                           if i.filename.removesuffix(".npy") in (x_key, y_key))
+        if inflated > MAX_DATA_BYTES:
+            raise DataError(f"{path}: its arrays inflate to {inflated:,} bytes; distill reads "
+                            f"data of up to {MAX_DATA_BYTES:,} bytes")
         with np.load(path, allow_pickle=False) as archive:
             arrays = {}
             for key, which in ((x_key, "x"), (y_key, "y")):
@@ -718,9 +793,10 @@ def _idx(table: Mapping[str, Any], base_dir: Path, seed: int) -> Dataset:
         images.append(imgs)
         labels.append(labs)
     raw = np.concatenate(images)
-    # Bytes are pixel intensities 0..255; other types are taken as the values they hold.
-    x = raw.astype(np.float32) / np.float32(255) if raw.dtype == np.uint8 else \
-        raw.astype(np.float32)
+    # Bytes are pixel intensities 0..255: kept so, with the scaling to 0..1 left to the model's
+    # first node (`input_scale`). Other types are taken as the values they hold.
+    x = raw.astype(np.float32)
+    scale = 255.0 if raw.dtype == np.uint8 else None
     if flatten:
         x = x.reshape(len(x), -1)
     y = np.concatenate(labels).astype(np.int64)
@@ -730,7 +806,8 @@ def _idx(table: Mapping[str, Any], base_dir: Path, seed: int) -> Dataset:
     class_names = tuple(str(i) for i in range(classes))
     return Dataset(x=x, y=y, task="classification", feature_names=None, class_names=class_names,
                    description=_describe(directory.name or str(directory),
-                                         "IDX files", x, y, "classification", classes))
+                                         "IDX files", x, y, "classification", classes),
+                   input_scale=scale)
 
 
 DATA_KEYS: frozenset[str] = _COMMON_KEYS.union(*(keys for keys, _ in _SOURCES.values()))

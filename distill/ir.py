@@ -300,14 +300,36 @@ def run(model: Model, x: Any, *, intermediates: bool = False) -> Any:
     if not single and x.shape[1:] != shape:
         raise ValueError(f"model {model.name!r} takes input of shape {shape} or (N, "
                          f"{', '.join(map(str, shape))}), got {x.shape}")
-    values = {INPUT: ad.Tensor(x[None] if single else x)}
-    for node in model.nodes:
+    x = x[None] if single else x
+    if intermediates:
+        return _run(model, x, keep_all=True)
+    # A batch at a time, so that memory stays within RUN_VALUES whatever N is.
+    step = max(1, RUN_VALUES // max(stats(model)["largest_activation"], 1))
+    parts = [_run(model, x[i:i + step])[model.outputs[0]] for i in range(0, len(x), step)]
+    out = (np.concatenate(parts) if len(parts) != 1 else parts[0]) if parts else \
+        np.zeros((0, *model.output_shape), np.float32)
+    return out[0] if single else out
+
+
+RUN_VALUES = 1 << 22  # values of the largest activation ir.run holds at once (16 MiB)
+
+
+def _run(model: Model, x: np.ndarray, keep_all: bool = False) -> dict[str, np.ndarray]:
+    """Every node's output (keep_all) or just the outputs': each intermediate is dropped
+    after its last reader, so a chain of 2,000 nodes holds two activations, not 2,000."""
+    last = {}
+    for i, node in enumerate(model.nodes):
+        for name in node.inputs:
+            last[name] = i
+    values = {INPUT: ad.Tensor(x)}
+    for i, node in enumerate(model.nodes):
         values[node.name] = OPS[node.op].forward(values[node.inputs[0]], node.attrs,
                                                  node.weights)
-    if intermediates:
-        return {k: v.data for k, v in values.items()}
-    out = values[model.outputs[0]].data
-    return out[0] if single else out
+        if not keep_all:
+            for name in node.inputs:
+                if last[name] == i and name not in model.outputs:
+                    del values[name]
+    return {k: v.data for k, v in values.items() if keep_all or k in model.outputs}
 
 
 # ----------------------------------------------------------------------------------- figures
@@ -365,9 +387,12 @@ def to_json(model: Model) -> dict[str, Any]:
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the whole new one.
 
-    The file gets the permissions `open()` would give a new file (0666 less the umask).
+    The file gets the permissions `open()` would give a new file (0666 less the umask). A
+    symbolic link is written through: its target is replaced and the link kept.
     """
     path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=temporary_prefix(path),
                                suffix=".tmp")
     try:
@@ -398,9 +423,11 @@ def remove_stale_temporaries(path: Path) -> None:
     pattern = re.compile(re.escape(f".{Path(path).name}.") + r"(\d+)\.\w{8}(\.tmp)?")
     for tmp in parent.iterdir():
         found = pattern.fullmatch(tmp.name)
-        if not found or tmp.is_symlink() or _running(int(found[1])):
+        if not found or _running(int(found[1])):
             continue
-        if tmp.is_dir():
+        if tmp.is_symlink():
+            tmp.unlink(missing_ok=True)  # the link itself, never what it points to
+        elif tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.is_file():
             tmp.unlink(missing_ok=True)

@@ -605,22 +605,24 @@ class BackupAndRestore(Callback):
     training completes unless `keep=True`.
     """
 
-    def __init__(self, path: str, save_freq: int = 100, keep: bool = False):
+    def __init__(self, path: str, save_freq: int = 100, keep: bool = False,
+                 run: str | None = None):
         self.path, self.save_freq, self.keep = str(path), int(save_freq), keep
+        self.run = run  # what the file belongs to (a config's fingerprint); None: anything
         self.restored_step: int | None = None
 
     def on_train_begin(self, logs=None):
         import os
         if os.path.exists(self.path):
-            self.model._restore_training_state(self.path)
+            self.model._restore_training_state(self.path, self.run)
             self.restored_step = self.model._fit.global_step
 
     def on_train_batch_end(self, step, logs=None):
         if self.model._fit.global_step % self.save_freq == 0:
-            self.model._save_training_state(self.path)
+            self.model._save_training_state(self.path, self.run)
 
     def on_epoch_end(self, epoch, logs=None):
-        self.model._save_training_state(self.path)
+        self.model._save_training_state(self.path, self.run)
 
     def on_train_end(self, logs=None):
         import os
@@ -666,8 +668,8 @@ def _fmt(logs: Mapping[str, float] | None) -> dict[str, str]:
 class _FitState:
     """Where `fit` is: what a BackupAndRestore file holds besides weights and optimizer."""
 
-    def __init__(self, epochs: int, batches: int):
-        self.epochs, self.batches = epochs, batches
+    def __init__(self, epochs: int, batches: int, samples: int = 0):
+        self.epochs, self.batches, self.samples = epochs, batches, samples
         self.epoch = 0
         self.batch = 0          # batches done in the current epoch
         self.global_step = 0
@@ -858,7 +860,7 @@ class Sequential:
         history = History()
         cbs = [history, *callbacks] + ([ProgressBar()] if verbose else [])
         self.stop_training = False
-        f = self._fit = _FitState(epochs, batches)
+        f = self._fit = _FitState(epochs, batches, n)
         for cb in cbs:
             cb.model = self
         for cb in cbs:
@@ -937,11 +939,11 @@ class Sequential:
         specs = [spec for layer in self.layers for spec in layer.ir_nodes()]
         return ir.make_model(name or self.name, self.input_shape, specs, labels, metadata)
 
-    def _save_training_state(self, path: str) -> None:
+    def _save_training_state(self, path: str, run: str | None = None) -> None:
         f = self._fit
         facts, slots = self.optimizer.get_state(self.trainable_variables)
         doc = {
-            "format": "distill-checkpoint", "format_version": 1,
+            "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "run": run,
             "epoch": f.epoch, "batch": f.batch, "global_step": f.global_step,
             "sums": f.sums, "seen": f.seen, "history": f.history, "steps": f.steps,
             "rng": self.rng.bit_generator.state, "optimizer": facts,
@@ -953,29 +955,85 @@ class Sequential:
             arrays["order.npy"] = f.order
         ir.atomic_write(path, ir.archive_bytes(_jsonable(doc), arrays, "checkpoint.json"))
 
-    def _restore_training_state(self, path: str) -> None:
+    def _restore_training_state(self, path: str, run: str | None = None) -> None:
         from .errors import ModelFormatError
         doc, z = ir.read_archive(path, "checkpoint.json", "distill checkpoint")
         with z:
             try:
+                _check_checkpoint(doc, self._fit, len(self.get_weights()), run)
+
                 def arr(name):
                     import io
                     return np.lib.format.read_array(io.BytesIO(z.read(name)),
                                                     allow_pickle=False)
                 weights = [arr(f"weights/{i}.npy") for i in range(doc["weights"])]
+                for w, v in zip(weights, self.get_weights()):
+                    if w.shape != v.shape or not np.all(np.isfinite(w)):
+                        raise ValueError(f"a weight of shape {w.shape} where {v.shape} is "
+                                         "expected, or one that is not finite")
                 self.set_weights(weights)
                 slots = {n[len("optimizer/"):-4]: arr(n) for n in z.namelist()
                          if n.startswith("optimizer/")}
                 self.optimizer.set_state(self.trainable_variables, doc["optimizer"], slots)
                 self.rng.bit_generator.state = doc["rng"]
                 f = self._fit
+                order = arr("order.npy") if "order.npy" in z.namelist() else None
+                if doc["batch"] and (order is None or order.dtype.kind not in "iu" or not
+                                     np.array_equal(np.sort(order), np.arange(f.samples))):
+                    raise ValueError("the epoch's order is not an order of the samples")
                 f.epoch, f.batch, f.global_step = doc["epoch"], doc["batch"], doc["global_step"]
                 f.sums, f.seen = doc["sums"], doc["seen"]
                 f.history, f.steps = doc["history"], doc["steps"]
-                f.order = arr("order.npy") if "order.npy" in z.namelist() else None
-            except (KeyError, ValueError, TypeError, OSError) as e:
+                f.order = order
+            except (KeyError, ValueError, TypeError, OSError, AttributeError) as e:
                 raise ModelFormatError(f"{path}: checkpoint is unusable ({e}); delete it to "
                                        "start over") from None
+
+
+CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "distill-checkpoint", 1
+
+
+def _check_checkpoint(doc: Any, f: _FitState, weights: int, run: str | None) -> None:
+    """Raise ValueError unless `doc` is a checkpoint of this run, with sane positions."""
+    if not isinstance(doc, dict) or doc.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError("not a distill checkpoint")
+    if doc.get("format_version") != CHECKPOINT_VERSION:
+        raise ValueError(f"format_version {doc.get('format_version')!r}; this distill reads "
+                         f"{CHECKPOINT_VERSION}")
+    if run is not None and doc.get("run") != run:
+        raise ValueError("it was written by a run of another config or seed")
+
+    def count(key: str, most: float = math.inf) -> int:
+        value = doc.get(key)
+        if type(value) is not int or not 0 <= value <= most:
+            raise ValueError(f"{key} is {value!r}, expected a whole number from 0 to {most}")
+        return value
+
+    def numbers(value: Any, key: str, length: int) -> None:
+        if (not isinstance(value, list) or len(value) != length
+                or not all(type(v) in (int, float) and math.isfinite(v) for v in value)):
+            raise ValueError(f"{key} is not a list of {length} finite numbers")
+
+    count("weights", weights)
+    if doc["weights"] != weights:
+        raise ValueError(f"it holds {doc['weights']} weight arrays; the model has {weights}")
+    epoch, batch = count("epoch"), count("batch", f.batches - 1)
+    step = count("global_step")
+    count("seen", f.samples)
+    numbers(doc.get("steps"), "steps", step)
+    history, sums = doc.get("history"), doc.get("sums")
+    if not isinstance(history, dict) or not isinstance(sums, dict):
+        raise ValueError("history and sums must be tables")
+    for key, values in history.items():
+        numbers(values, f"history[{key!r}]", epoch)
+    numbers(list(sums.values()), "sums", len(sums))
+    if not isinstance(doc.get("optimizer"), dict) or not isinstance(doc.get("rng"), dict):
+        raise ValueError("optimizer and rng must be tables")
+    if step != epoch * f.batches + batch:  # every epoch takes the same number of steps
+        raise ValueError(f"global_step {step} is not epoch {epoch} of {f.batches} steps plus "
+                         f"{batch}")
+    if epoch and len(history.get("loss", ())) != epoch:
+        raise ValueError(f"history holds no loss for each of the {epoch} epochs done")
 
 
 def _pack(variables: list[Variable]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import sys
 from pathlib import Path
 
@@ -172,11 +173,54 @@ def test_csv_integer_labels_can_be_regression(tmp_path):
 
 def test_csv_bad_cell_names_line_and_column(tmp_path):
     write(tmp_path / "d.csv", "a,b,y\n1,2,0\n3,oops,1\n")
-    with pytest.raises(DataError, match=r"d\.csv: line 3, column 'b': 'oops' is not a number"):
+    with pytest.raises(DataError, match=r"d\.csv: 1 cell is not a finite number: "
+                                        r"line 3, column 'b': 'oops'"):
         load_data({"source": "csv", "path": "d.csv"}, base_dir=tmp_path)
-    write(tmp_path / "n.csv", "a,y\n1,0\nnan,1\n")
-    with pytest.raises(DataError, match=r"line 3.*NaN"):
+    write(tmp_path / "n.csv", "a,y\n1,0\ninf,1\n")
+    with pytest.raises(DataError, match=r"line 3, column 'a': 'inf'"):
         load_data({"source": "csv", "path": "n.csv"}, base_dir=tmp_path)
+
+
+def test_csv_lists_every_bad_cell_at_once_and_can_drop_missing_rows(tmp_path):
+    rows = ["a,b,y", "1,2,0", ",2,1", "3,NA,0", "4,?,1", "5,x,0", "6,7,", "8,9,1"]
+    write(tmp_path / "d.csv", "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match="1 cell is a missing label: line 7, column 'y'"):
+        load_data({"source": "csv", "path": "d.csv"}, base_dir=tmp_path)
+    write(tmp_path / "e.csv", "\n".join(rows[:6] + rows[7:]) + "\n")
+    with pytest.raises(DataError) as e:
+        load_data({"source": "csv", "path": "e.csv"}, base_dir=tmp_path)
+    assert ("4 cells are not finite numbers: line 3, column 'a': missing; line 4, column 'b': "
+            "missing; line 5, column 'b': missing; line 6, column 'b': 'x'") in str(e.value)
+    # Dropping rows with missing cells leaves 'x', which is not a missing marker, an error.
+    with pytest.raises(DataError, match="1 cell is not a finite number: line 6, column 'b'"):
+        load_data({"source": "csv", "path": "d.csv", "missing": "drop"}, base_dir=tmp_path)
+    write(tmp_path / "f.csv", "\n".join(rows[:5] + rows[6:]) + "\n")
+    ds = load_data({"source": "csv", "path": "f.csv", "missing": "drop"}, base_dir=tmp_path)
+    assert ds.x.tolist() == [[1, 2], [8, 9]] and ds.y.tolist() == [0, 1]
+    with pytest.raises(ConfigError, match="missing"):
+        load_data({"source": "csv", "path": "d.csv", "missing": "mean"}, base_dir=tmp_path)
+    many = "a,y\n" + "".join(f"bad{i},0\n" for i in range(25))
+    write(tmp_path / "m.csv", many)
+    with pytest.raises(DataError, match=r"25 cells are not finite numbers: .*; and 15 more"):
+        load_data({"source": "csv", "path": "m.csv"}, base_dir=tmp_path)
+
+
+def test_integer_class_labels_are_their_distinct_values(tmp_path):
+    write(tmp_path / "d.csv", "a,y\n1,1\n2,3\n3,2\n4,3\n")
+    ds = load_data({"source": "csv", "path": "d.csv"}, base_dir=tmp_path)
+    assert ds.class_names == ("1", "2", "3") and ds.y.tolist() == [0, 2, 1, 2]
+    write(tmp_path / "n.csv", "a,y\n1,-1\n2,1\n")
+    ds = load_data({"source": "csv", "path": "n.csv"}, base_dir=tmp_path)
+    assert ds.class_names == ("-1", "1") and ds.y.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("source", ["csv", "npz"])
+def test_data_files_must_be_regular_files(tmp_path, source):
+    fifo = tmp_path / f"d.{source}"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):
+        with pytest.raises(DataError, match="not a regular file"):  # at once: never opened
+            load_data({"source": source, "path": str(path)}, base_dir=tmp_path)
 
 
 def test_csv_missing_file_and_unknown_column(tmp_path):
@@ -271,14 +315,38 @@ def test_idx_source_with_gz_and_test_files(tmp_path):
     write_idx(tmp_path / "train-labels-idx1-ubyte", np.arange(6, dtype=np.uint8))
     ds = load_data({"source": "idx", "path": "."}, base_dir=tmp_path)
     assert ds.x.shape == (6, 12) and ds.x.dtype == np.float32
-    np.testing.assert_allclose(ds.x, train.reshape(6, 12) / 255.0, rtol=1e-6)
-    assert ds.class_names == tuple("0123456789")
+    # The bytes as they are: the model's first node scales them (see the backend test).
+    np.testing.assert_array_equal(ds.x, train.reshape(6, 12))
+    assert ds.input_scale == 255 and ds.class_names == tuple("0123456789")
     write_idx(tmp_path / "t10k-images-idx3-ubyte", test)
     write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.array([9, 8], np.uint8))
     ds = load_data({"source": "idx", "path": str(tmp_path), "flatten": False})
     assert ds.x.shape == (8, 4, 3)
     np.testing.assert_array_equal(ds.y, [0, 1, 2, 3, 4, 5, 9, 8])
-    np.testing.assert_allclose(ds.x[6:], test / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(ds.x[6:], test)
+
+
+def test_idx_models_take_raw_bytes_and_scale_them_in_their_first_node(tmp_path):
+    from distill import ir
+    from distill.backends import train
+    from distill.config import parse_config
+    rng = np.random.default_rng(0)
+    write_idx(tmp_path / "train-images-idx3-ubyte", rng.integers(0, 256, (40, 4, 3), np.uint8))
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.arange(40, dtype=np.uint8) % 10)
+    layers = [{"type": "dense", "units": 10, "activation": "softmax"}]
+    for extra in ({}, {"flatten": False}):
+        doc = {"data": {"source": "idx", "path": str(tmp_path), **extra},
+               "model": {"layers": ([{"type": "flatten"}] if extra else []) + layers},
+               "training": {"loss": "sparse_categorical_crossentropy", "optimizer": "sgd",
+                            "epochs": 1}}
+        model = train(parse_config(doc), verbose=0).model
+        first = model.nodes[0]
+        assert first.op == "normalize" and np.all(first.weights["std"] == 255)
+        assert np.all(first.weights["mean"] == 0)
+        x = rng.integers(0, 256, (3, *model.input_shape)).astype(np.float32)
+        rest = ir.make_model("rest", model.input_shape,
+                             [(n.name, n.op, n.attrs, n.weights) for n in model.nodes[1:]])
+        np.testing.assert_array_equal(ir.run(model, x), ir.run(rest, x / np.float32(255)))
 
 
 def test_idx_source_missing_directory(tmp_path):

@@ -73,14 +73,25 @@ def prepare(config: Config, seed: int) -> Prepared:
 
     parts = {"train": train, "validation": val, "test": test}
     stats = dataset.standardization(train.x) if table.get("standardize", False) else None
+    if stats is None and ds.input_scale:  # raw data the model scales itself (IDX bytes)
+        shape = train.x.shape[1:]
+        stats = (np.zeros(shape, np.float32), np.full(shape, ds.input_scale, np.float32))
     return Prepared(train, val, test,
                     {k: v.x for k, v in parts.items() if v is not None},
                     {k: labels(v) for k, v in parts.items() if v is not None},
                     stats, classes)
 
 
-def check_output_width(config: Config, prep: Prepared, width: int, layer: str) -> None:
-    """The last layer must fit the labels: one unit per class, one for binary, d for targets."""
+def check_output_width(config: Config, prep: Prepared, shape: tuple[int, ...],
+                       layer: str) -> None:
+    """The last layer must fit the labels: one unit per class, one for binary, d for targets,
+    as one vector per sample."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) != 1:
+        raise DataError(f"the last layer {layer!r} gives outputs of shape {shape} per sample, "
+                        "but the labels are one vector per sample; add a flatten layer before "
+                        "the last dense layer")
+    width = shape[0]
     loss = nn.get_loss(config.loss)
     if prep.classes is not None:
         want = 1 if isinstance(loss, nn.BinaryCrossentropy) else prep.classes
@@ -126,8 +137,11 @@ def metadata(config: Config, prep: Prepared, backend: str, seed: int, epochs: in
              metrics: dict[str, dict[str, float]], extra: dict[str, Any] | None = None) -> dict:
     x = prep.x["train"]
     saved = prep.x.get("test", x)[:8]
+    names = prep.train.feature_names
     return {
         "task": prep.train.task,
+        # The data's column names, when it has them: `predict` picks them from a CSV.
+        **({"features": list(names)} if names else {}),
         # For exporters' self-tests: real samples, and the range random ones are drawn from.
         "samples": saved.reshape(len(saved), -1).tolist(),
         "input_range": [x.min(axis=0).reshape(-1).tolist(), x.max(axis=0).reshape(-1).tolist()],

@@ -23,7 +23,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import math
 import os
+import re
 import select
 import subprocess
 import sys
@@ -324,6 +326,22 @@ def _lower_case_suffix(path: Path):
         yield link
 
 
+def _load_error(e: Exception) -> str:
+    """Keras's error as one whole sentence: its messages run to kilobytes of config."""
+    text = str(e).strip()
+    found = re.search(r"Could not locate (?:class|function) '([^']{1,80})'", text)
+    if found:
+        return (f"Keras cannot load it: it uses the class or function {found[1]!r}, which the "
+                "program that saved it defines (a Keras file holds no code). Import it from "
+                "Python, where that class is defined: distill.backends.keras.import_keras(model)")
+    first = text.splitlines()[0] if text else type(e).__name__
+    if len(first) > 200:  # cut at a sentence or word boundary, and say that it was cut
+        cut = first[:200]
+        cut = cut[:cut.rfind(". ") + 1] if ". " in cut else cut[:cut.rfind(" ")]
+        first = cut.rstrip() + " ..."
+    return f"Keras cannot load it ({first})"
+
+
 def _load_checked(path: Path) -> ir.Model:
     """Keras's load and the import, once `preflight` has passed."""
     with _native_stderr_quiet():
@@ -338,8 +356,7 @@ def _load_checked(path: Path) -> ir.Model:
                 # safe_mode (the default, spelled out): no Python lambdas, no foreign modules.
                 model = keras.saving.load_model(readable, compile=False, safe_mode=True)
         except Exception as e:  # Keras raises many kinds; every one means "cannot read this file"
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise ModelFormatError(f"{path}: Keras cannot load it ({first})") from None
+            raise ModelFormatError(f"{path}: {_load_error(e)}") from None
         return import_keras(model, name=path.stem, metadata={"source_file": path.name})
 
 
@@ -347,7 +364,22 @@ def _load_checked(path: Path) -> ir.Model:
 
 # Seconds a worker may take to start (it imports TensorFlow) and to read one file.
 KERAS_START_SECONDS = 600.0
-KERAS_SECONDS = float(os.environ.get("DISTILL_KERAS_TIMEOUT", "120"))
+KERAS_SECONDS: float | None = None  # None: DISTILL_KERAS_TIMEOUT, default 120
+
+
+def read_seconds() -> float:
+    """The time limit for reading one Keras file: KERAS_SECONDS, or DISTILL_KERAS_TIMEOUT."""
+    if KERAS_SECONDS is not None:
+        return KERAS_SECONDS
+    text = os.environ.get("DISTILL_KERAS_TIMEOUT", "120")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= 86400:  # NaN fails too
+        raise DistillError(f"DISTILL_KERAS_TIMEOUT must be a number of seconds above 0 and at "
+                           f"most 86400, got {text[:40]!r}")
+    return seconds
 
 
 class _Worker:
@@ -392,15 +424,16 @@ class _Worker:
             raise DistillError(f"{path}: {ready.get('message', 'the Keras reader did not start')}")
 
     def load(self, path: Path) -> ir.Model:
+        seconds = read_seconds()
         if self.pid is None:
             self._start(path)
         self.proc.stdin.write((json.dumps(str(path)) + "\n").encode())
         self.proc.stdin.flush()
-        answer = self._answer(path, KERAS_SECONDS, "read")
+        answer = self._answer(path, seconds, "read")
         if not answer.get("ok"):
             kind = ModelFormatError if answer.get("kind") == "ModelFormatError" else DistillError
             raise kind(answer.get("message", f"{path}: Keras cannot load it"))
-        data = self._read(int(answer["size"]), path, KERAS_SECONDS)
+        data = self._read(int(answer["size"]), path, seconds)
         with tempfile.TemporaryDirectory(prefix="distill-keras-") as folder:
             tmp = Path(folder) / "imported.distill"
             tmp.write_bytes(data)

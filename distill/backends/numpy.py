@@ -40,7 +40,7 @@ def build_model(config: Config, prep, seed: int) -> nn.Sequential:
         raise DataError(f"the layers do not fit the data {prep.x['train'].shape[1:]}: {e}") \
             from None
     last = model.layers[-1]
-    check_output_width(config, prep, last.output_shape[-1], last.name)
+    check_output_width(config, prep, last.output_shape, last.name)
     return model
 
 
@@ -83,7 +83,8 @@ def train(config: Config, *, epochs: int | None = None, seed: int | None = None,
         # keep=True: the checkpoint outlives `fit`, so a kill between the last step and the
         # saved model (evaluation, conversion, writing) loses nothing; the caller removes it
         # once the model is on disk (`distill train` does).
-        cbs.append(nn.BackupAndRestore(str(checkpoint), config.checkpoint_every, keep=True))
+        cbs.append(nn.BackupAndRestore(str(checkpoint), config.checkpoint_every, keep=True,
+                                       run=config.fingerprint(seed)))
     if config.early_stopping:
         es = dict(config.early_stopping)
         if "val_" in es.get("monitor", "val_loss") and "validation" not in prep.x:

@@ -18,6 +18,7 @@ runs under `MultiWorkerMirroredStrategy` with TF_CONFIG set on each worker).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -28,7 +29,7 @@ import numpy as np
 
 from .. import ir
 from ..config import Config
-from ..errors import ConfigError, DataError, DistillError
+from ..errors import ConfigError, DataError, DistillError, ModelFormatError
 from . import TrainResult, check_output_width, evaluate_model, labels_for, metadata, prepare
 
 LOSSES = {"mean_squared_error": "mean_squared_error", "mse": "mean_squared_error",
@@ -203,7 +204,7 @@ def train(config: Config, *, epochs: int | None = None, seed: int | None = None,
             raise DataError(f"the layers do not fit the data {prep.x['train'].shape[1:]}: "
                             f"{str(e).splitlines()[0]}") from None
         last = model.layers[-1]
-        check_output_width(config, prep, int(model.output_shape[-1]), last.name)
+        check_output_width(config, prep, model.output_shape[1:], last.name)
         model.compile(loss=_loss(keras, config.loss), optimizer=_optimizer(
             keras, config.optimizer), metrics=list(config.metrics))
     n = len(prep.x["train"])
@@ -220,6 +221,19 @@ def train(config: Config, *, epochs: int | None = None, seed: int | None = None,
         folder = Path(checkpoint)
         if not resume and folder.exists():
             shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
+        # Which run the folder belongs to: --resume refuses one from another config or seed.
+        run, stamp = config.fingerprint(seed), folder / "distill-run.json"
+        if folder.is_dir() and any(folder.iterdir()):
+            try:
+                theirs = json.loads(stamp.read_text()).get("run")
+            except (OSError, ValueError, AttributeError):
+                theirs = None
+            if theirs != run:
+                raise ModelFormatError(f"{folder}: checkpoint was written by a run of another "
+                                       "config or seed; delete it to start over, or train "
+                                       "without --resume")
+        folder.mkdir(exist_ok=True)
+        stamp.write_text(json.dumps({"run": run}) + "\n")
         callbacks.append(keras.callbacks.BackupAndRestore(str(folder),
                                                           save_freq=config.checkpoint_every))
     if config.early_stopping:

@@ -72,6 +72,7 @@ class Target:
     build: tuple[str, ...]
     run: tuple[str, ...]
     blob_file: str | None = None        # where weights="blob" puts the raw weights, with {name}
+    reserved_suffixes: tuple[str, ...] = ()  # name endings that are reserved too
 
 
 def text_targets() -> dict[str, Target]:
@@ -91,7 +92,8 @@ def text_targets() -> dict[str, Target]:
                 ident_style=doc.get("ident_style", "snake"), reserved=frozenset(reserved),
                 name_suffix=doc.get("name_suffix", "_model"),
                 build=tuple(doc.get("build", [])), run=tuple(doc.get("run", [])),
-                blob_file=doc.get("blob_file"))
+                blob_file=doc.get("blob_file"),
+                reserved_suffixes=tuple(doc.get("reserved_suffixes", [])))
     return out
 
 
@@ -117,7 +119,8 @@ def unsupported(model: ir.Model, langs: Sequence[str]) -> list[str]:
 
 def export_name(model: ir.Model, target: Target, name: str | None) -> str:
     base = ir.sanitize_name(name) if name else model.name
-    return base + target.name_suffix if base in target.reserved else base
+    taken = base in target.reserved or base.endswith(target.reserved_suffixes)
+    return base + target.name_suffix if taken else base
 
 
 def plan(model: ir.Model) -> tuple[list[dict[str, Any]], list[int]]:
@@ -364,18 +367,26 @@ def export(model: ir.Model, langs: Sequence[str], out_dir: str | os.PathLike,
 def replace_dir(out: Path, files: dict[str, bytes]) -> None:
     """Make `out` hold exactly `files`, atomically: readers see the old folder or the new one.
 
-    An existing folder is only replaced if it is empty or an earlier export (it holds MARKER),
-    so a mistyped `-o` never deletes a user's files.
+    An existing folder is only replaced if it is empty or an earlier export that holds nothing
+    else (its MARKER lists what it wrote; build products beside the sources are allowed), so a
+    mistyped `-o` never deletes a user's files. A symbolic link is followed: the folder it
+    points to is replaced and the link kept. Missing parent folders are created.
     """
+    out = Path(out)
+    if out.is_symlink():
+        out = Path(os.path.realpath(out))
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:
+        raise DistillError(f"{out}: is the current directory (or holds it), and an export "
+                           "replaces its folder as a whole; name a new subfolder, such as "
+                           "-o ./export")
     if out.exists():
         if not out.is_dir():
             raise DistillError(f"{out}: exists and is not a directory")
-        if any(out.iterdir()) and not (out / MARKER).is_file():
-            raise DistillError(f"{out}: exists and was not written by distill export; choose "
-                               "a new or empty directory")
+        if any(out.iterdir()):
+            _check_earlier_export(out)
     parent = out.parent
-    if not parent.is_dir():
-        raise DistillError(f"{parent}: no such directory")
+    parent.mkdir(parents=True, exist_ok=True)
     ir.remove_stale_temporaries(out)
     tmp = Path(tempfile.mkdtemp(prefix=ir.temporary_prefix(out), dir=parent))
     try:
@@ -392,6 +403,40 @@ def replace_dir(out: Path, files: dict[str, bytes]) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# What building an export leaves beside its sources: compiled objects, Python's caches, and an
+# executable named after a source (`cc -o digits_test digits_test.c`).
+_BUILD_PRODUCTS = (".o", ".obj", ".pyc", ".exe", ".out", ".test")
+
+
+def _check_earlier_export(out: Path) -> None:
+    """Refuse to replace a folder that is not an earlier export holding only what it wrote."""
+    marker = out / MARKER
+    if not marker.is_file() or marker.is_symlink():
+        raise DistillError(f"{out}: exists and was not written by distill export; choose "
+                           "a new or empty directory")
+    try:
+        listed = json.loads(marker.read_text(encoding="utf-8"))["files"]
+        listed = {str(f) for f in listed} | {MARKER}
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise DistillError(f"{out}: its {MARKER} is damaged, so what it holds is unknown; "
+                           "choose a new or empty directory") from None
+    stems = {Path(f).with_suffix("").as_posix() for f in listed}
+    foreign = []
+    for path in sorted(out.rglob("*")):
+        rel = path.relative_to(out).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            continue
+        if rel in listed or "__pycache__" in path.parts or path.suffix in _BUILD_PRODUCTS \
+                or (rel in stems and path.is_file()):
+            continue
+        foreign.append(rel)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5
+                                          else "")
+        raise DistillError(f"{out}: an earlier export, but it now holds files that export did "
+                           f"not write ({shown}); move them out or choose another directory")
 
 
 def _exchange(a: Path, b: Path) -> None:

@@ -1,0 +1,154 @@
+"""`distill train --resume` against hostile and foreign checkpoints, and two runs of one output.
+
+A checkpoint is a file on disk like any other input: every damaged field must end in one line
+(exit 2) and leave the checkpoint as it was; one written by a run of another config or seed is
+refused, not silently continued; a second `distill train` of the same output is refused while
+the first one runs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import HANG_SECONDS
+from test_hardening_crash import CONFIG, DRIVER, run_until_killed
+from test_hardening_fuzz import alarm, check_error, run_cli
+
+import distill
+
+SHORT = CONFIG.replace("epochs = 100", "epochs = 3")
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory) -> tuple[Path, bytes]:
+    """A config and the checkpoint a run of it left when it was killed at step 30."""
+    import sys
+    folder = tmp_path_factory.mktemp("resume")
+    config = folder / "c.toml"
+    config.write_text(SHORT)
+    argv = [sys.executable, "-c", DRIVER, "train", str(config), "-o", str(folder / "m.distill"),
+            "-q"]
+    run_until_killed(argv, "step:30")
+    return config, (folder / "m.distill.ckpt").read_bytes()
+
+
+def tampered(data: bytes, change) -> bytes:
+    """The checkpoint with `change(doc)` applied to its checkpoint.json."""
+    src = zipfile.ZipFile(io.BytesIO(data))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as out:
+        for info in src.infolist():
+            body = src.read(info)
+            if info.filename == "checkpoint.json":
+                doc = json.loads(body)
+                change(doc)
+                body = json.dumps(doc).encode()
+            out.writestr(info, body)
+    return buf.getvalue()
+
+
+def setter(key, value):
+    def change(doc):
+        doc[key] = value
+    return change
+
+
+def dropper(key):
+    def change(doc):
+        del doc[key]
+    return change
+
+
+CASES = {f"{key}={value!r}": setter(key, value)
+         for key in ("batch", "epoch", "global_step", "seen", "weights")
+         for value in ("3", None, -1, 1.5, True, 10**30)}
+CASES |= {f"{key}={value!r}": setter(key, value)
+          for key in ("steps", "history", "sums", "optimizer", "rng")
+          for value in ("x", None, -1, [], {"loss": ["a"]}, [1e400])}
+CASES |= {f"no {key}": dropper(key)
+          for key in ("batch", "epoch", "global_step", "steps", "history", "rng", "optimizer",
+                      "format", "format_version", "weights")}
+CASES |= {
+    "format=other": setter("format", "distill-model"),
+    "format_version=2": setter("format_version", 2),
+    "format_version='1'": setter("format_version", "1"),
+    "batch past the epoch": setter("batch", 10_000),
+    "steps one short": lambda doc: doc["steps"].pop(),
+    "history of another length": lambda doc: doc["history"].update(loss=[0.5] * 7),
+    "run of another config": setter("run", "0" * 64),
+    "no run": dropper("run"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_damaged_checkpoint_is_one_line(killed, tmp_path, case):
+    config, data = killed
+    out, ckpt = tmp_path / "m.distill", tmp_path / "m.distill.ckpt"
+    bad = tampered(data, CASES[case])
+    ckpt.write_bytes(bad)
+    argv = ["train", str(config), "-o", str(out), "--resume", "-q"]
+    with alarm(HANG_SECONDS):
+        code, _, err, _ = run_cli(argv)
+    # One line, after the announcement the run prints before it reads the checkpoint.
+    lines = err.strip().splitlines()
+    assert code == 2 and lines[0].startswith("training '"), err
+    line = check_error(code, "\n".join(lines[1:]), argv)
+    assert "m.distill.ckpt: checkpoint" in line and ("is unusable" in line
+                                                     or "is unreadable" in line), line
+    assert ckpt.read_bytes() == bad and not out.exists()  # nothing lost, nothing half-written
+
+
+def test_a_checkpoint_of_another_config_or_seed_is_refused(killed, tmp_path):
+    config, data = killed
+    out, ckpt = tmp_path / "m.distill", tmp_path / "m.distill.ckpt"
+    other = tmp_path / "other.toml"
+    for text, extra in ((SHORT.replace("seed = 11", "seed = 12"), []),
+                        (SHORT.replace('name = "adam"', 'name = "rmsprop"'), []),
+                        (SHORT.replace("batch_size = 8", "batch_size = 9"), []),
+                        (SHORT, ["--seed", "3"])):
+        other.write_text(text)
+        ckpt.write_bytes(data)
+        code, _, err, _ = run_cli(["train", str(other), "-o", str(out), "--resume", "-q",
+                                   *extra])
+        assert code == 2 and "written by a run of another config or seed" in err, err
+        assert ckpt.read_bytes() == data
+    # More epochs (or another checkpoint interval) is the same run, extended: it resumes.
+    other.write_text(SHORT.replace("epochs = 3", "epochs = 4").replace(
+        "checkpoint_every = 13", "checkpoint_every = 7"))
+    code, _, err, _ = run_cli(["train", str(other), "-o", str(out), "--resume", "-q"])
+    assert code == 0, err
+    assert len(json.loads(out.with_suffix(".history.json").read_text())["epochs"]["loss"]) == 4
+
+
+def test_a_second_run_of_the_same_output_is_refused(killed, tmp_path):
+    import fcntl
+    import os
+    config, _ = killed
+    out = tmp_path / "m.distill"
+    lock = tmp_path / "m.distill.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a running `distill train` holds it
+    try:
+        code, _, err, _ = run_cli(["train", str(config), "-o", str(out), "-q"])
+        assert code == 2 and "another distill train is writing it" in err, err
+        assert not out.exists()
+    finally:
+        os.close(fd)
+    code, _, err, _ = run_cli(["train", str(config), "-o", str(out), "-q"])
+    assert code == 0, err
+    assert distill.load(out).nodes and not lock.exists()  # the lock goes with its run
+
+
+def test_adam_and_rmsprop_rates_outside_0_1_are_config_errors(tmp_path):
+    for spec in ('{name = "adam", beta_1 = 1.0}', '{name = "adam", beta_2 = 2.0}',
+                 '{name = "rmsprop", rho = 1.0}', '{name = "sgd", momentum = 1.5}'):
+        config = tmp_path / "c.toml"
+        config.write_text(SHORT.replace('{name = "adam", learning_rate = 0.01}', spec))
+        argv = ["train", str(config), "-o", str(tmp_path / "m.distill"), "-q"]
+        code, _, err, _ = run_cli(argv)
+        line = check_error(code, err, argv)
+        assert code == 2 and "must be in [0, 1)" in line, line
