@@ -1,11 +1,12 @@
-"""The long run of the model-file fuzzers in tests/test_hardening_fuzz.py and
-tests/test_hardening_keras.py: 10,000+ damaged `.distill` files (and Keras files) through
-`distill inspect`, `predict` and `export`, each case checked for the command line's promise:
-exit 0, or one stderr line `distill: error: ...` and exit 2; no traceback, no hang, memory
-bounded by the file's size plus the tests' MEMORY_SLACK.
+"""The long run of the fuzzers in tests/test_hardening_fuzz.py, tests/test_hardening_keras.py
+and tests/test_hardening_resume.py: 10,000+ damaged `.distill` files (and Keras files) through
+`distill inspect`, `predict` and `export`, and damaged training checkpoints through `distill
+train --resume`, each case checked for the command line's promise: exit 0, or one stderr line
+`distill: error: ...` and exit 2; no traceback, no hang, memory bounded by the file's size plus
+the tests' MEMORY_SLACK; a refused checkpoint left as it was.
 
-    python benchmarks/fuzz_models.py                       # 10,000 .distill + 1,000 Keras cases
-    python benchmarks/fuzz_models.py --cases 500 --keras-cases 0 --seed 3
+    python benchmarks/fuzz_models.py          # 10,000 .distill, 1,000 Keras, 1,000 checkpoints
+    python benchmarks/fuzz_models.py --cases 500 --keras-cases 0 --checkpoint-cases 0 --seed 3
 
 Cases run in a worker process that the parent restarts if it dies (a segfault in a native
 library counts as a crash, not as the end of the run) or stops answering (a hang). A failing
@@ -44,6 +45,14 @@ def worker(kind: str, seed: int, start: int, count: int, keep: Path) -> None:
     if kind == "distill":
         base = fuzz.make_base(work)
         mutators = sorted(fuzz.MUTATORS)
+    elif kind == "checkpoint":
+        import test_hardening_resume as rz
+        config = work / "c.toml"
+        config.write_text(rz.SHORT)
+        rz.run_until_killed([sys.executable, "-c", rz.DRIVER, "train", str(config), "-o",
+                             str(work / "k.distill"), "-q"], "step:30")
+        checkpoint = (work / "k.distill.ckpt").read_bytes()
+        mutators = ["checkpoint"]
     else:
         import test_hardening_keras as kz
         paths = kz.keras_models(work)
@@ -57,6 +66,9 @@ def worker(kind: str, seed: int, start: int, count: int, keep: Path) -> None:
             if kind == "distill":
                 data = fuzz.MUTATORS[mutator](base, rng)
                 path = work / "case.distill"
+            elif kind == "checkpoint":
+                data = rz.mutate_checkpoint(checkpoint, rng)
+                path = work / "case.ckpt"
             else:
                 suffix, data = kz.mutate_keras(mutator, paths, rng)
                 path = work / f"case{suffix}"
@@ -75,6 +87,9 @@ def worker(kind: str, seed: int, start: int, count: int, keep: Path) -> None:
                 record.update(codes=outcome.codes, peak=outcome.peak)
                 if fuzz.UNPICKLED:
                     raise AssertionError("a pickle in the file was loaded")
+            elif kind == "checkpoint":
+                record.update(codes={"resume": rz.check_resume(config, work / "m.distill",
+                                                               data)})
             else:
                 record.update(codes=kz.check_keras_file(path, work))
                 # The reader's peak RSS over its own after start-up (a new reader after a
@@ -165,7 +180,7 @@ def summary(kind: str, records: list[dict]) -> dict:
         out["max_traced_bytes_per_case"] = max(peaks, default=0)
         out["max_traced_minus_file_size"] = max(
             (r.get("peak", 0) - r.get("size", 0) for r in records), default=0)
-    else:
+    elif kind == "keras":
         out["max_rss_growth_bytes"] = max((r.get("rss_growth", 0) for r in records), default=0)
     return out
 
@@ -174,6 +189,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", type=int, default=10_000, help=".distill cases (10000)")
     p.add_argument("--keras-cases", type=int, default=1_000, help="Keras cases (1000; 0: none)")
+    p.add_argument("--checkpoint-cases", type=int, default=1_000,
+                   help="damaged checkpoints resumed (1000; 0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", type=Path, default=Path("fuzz-crashes"),
                    help="folder for failing cases")
@@ -192,7 +209,8 @@ def main() -> int:
           f"{platform.system()}, Python {platform.python_version()}, "
           f"{os.cpu_count()} CPUs", flush=True)
     results, t0 = {}, time.monotonic()
-    for kind, cases in (("distill", args.cases), ("keras", args.keras_cases)):
+    for kind, cases in (("distill", args.cases), ("keras", args.keras_cases),
+                        ("checkpoint", args.checkpoint_cases)):
         if cases:
             start = time.monotonic()
             results[kind] = summary(kind, run(kind, cases, args.seed, args.keep, args.stall))

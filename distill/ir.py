@@ -423,7 +423,7 @@ def remove_stale_temporaries(path: Path) -> None:
     pattern = re.compile(re.escape(f".{Path(path).name}.") + r"(\d+)\.\w{8}(\.tmp)?")
     for tmp in parent.iterdir():
         found = pattern.fullmatch(tmp.name)
-        if not found or _running(int(found[1])):
+        if not found or process_running(int(found[1])):
             continue
         if tmp.is_symlink():
             tmp.unlink(missing_ok=True)  # the link itself, never what it points to
@@ -433,7 +433,7 @@ def remove_stale_temporaries(path: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

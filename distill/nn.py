@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 import sys
+import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -985,7 +987,8 @@ class Sequential:
                 f.sums, f.seen = doc["sums"], doc["seen"]
                 f.history, f.steps = doc["history"], doc["steps"]
                 f.order = order
-            except (KeyError, ValueError, TypeError, OSError, AttributeError) as e:
+            except (KeyError, ValueError, TypeError, OSError, AttributeError, EOFError,
+                    zipfile.BadZipFile, zlib.error) as e:  # a damaged array: bad CRC, cut short
                 raise ModelFormatError(f"{path}: checkpoint is unusable ({e}); delete it to "
                                        "start over") from None
 

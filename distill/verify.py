@@ -119,13 +119,29 @@ def compare(lang: str, got: np.ndarray, want: np.ndarray) -> Result:
     return Result(lang, ok, len(got), float(err.max(initial=0.0)), rel, ulp)
 
 
+WORK_PREFIX = "distill-verify-"  # then the PID: a killed run's folder is found and removed
+
+
+def _remove_stale_work(root: Path) -> None:
+    """Remove the build folders of killed `verify` runs (their process is gone), ours only."""
+    for path in root.glob(f"{WORK_PREFIX}*"):
+        found = re.fullmatch(re.escape(WORK_PREFIX) + r"(\d+)-\w+", path.name)
+        try:
+            ours = path.is_dir() and not path.is_symlink() and path.stat().st_uid == os.getuid()
+        except OSError:
+            continue
+        if found and ours and not ir.process_running(int(found[1])):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def verify(model: ir.Model, langs: list[str], samples: int = 256,
            name: str | None = None, weights: str = "auto") -> list[Result]:
     """Export `model` to each language with `samples` golden vectors, build, run, compare."""
     problems = codegen.unsupported(model, langs)
     if problems:
         raise DistillError("cannot export: " + "; ".join(problems))
-    work = Path(tempfile.mkdtemp(prefix="distill-verify-"))
+    _remove_stale_work(Path(tempfile.gettempdir()))
+    work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-"))
     try:
         results = []
         for lang in langs:

@@ -155,3 +155,44 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path):
     for a, b in zip(ref.nodes, run.nodes):
         for key in a.weights:
             assert np.array_equal(a.weights[key], b.weights[key])
+
+
+def test_predict_reads_the_csv_that_training_read(tmp_path):
+    """A header, quoted cells, a byte-order mark and the label column in the middle: the
+    model's recorded feature names pick the columns, in the order it was trained on."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 3)).astype(np.float32)
+    labels = np.where(x[:, 0] > 0, "up", "down")
+    lines = ['"b","kind","a","c"'] + [f'{r[1]!r},"{k}",{r[0]!r},{r[2]!r}'
+                                      for r, k in zip(x.tolist(), labels)]
+    data = tmp_path / "d.csv"
+    data.write_bytes(b"\xef\xbb\xbf" + ("\n".join(lines) + "\n").encode())
+    config = write_config(tmp_path, f'''
+[data]
+source = "csv"
+path = "{data}"
+label = "kind"
+features = ["a", "b", "c"]
+[[model.layers]]
+type = "dense"
+units = 2
+activation = "softmax"
+[training]
+loss = "categorical_crossentropy"
+optimizer = "adam"
+epochs = 2
+''')
+    model = tmp_path / "m.distill"
+    cli("train", config, "-o", model, "-q")
+    assert distill.load(model).metadata["features"] == ["a", "b", "c"]
+    np.save(tmp_path / "x.npy", x)
+    want = cli("predict", model, "--input", tmp_path / "x.npy").stdout
+    assert cli("predict", model, "--input", data).stdout == want
+    # Without a header the columns are the inputs, as they are.
+    plain = tmp_path / "plain.csv"
+    plain.write_text("".join(",".join(map(repr, r)) + "\n" for r in x.tolist()))
+    assert cli("predict", model, "--input", plain).stdout == want
+    other = tmp_path / "other.csv"
+    other.write_text("x,y,z,w\n1,2,3,4\n")
+    fails("predict", model, "--input", other, match="4 columns, but model 'c' takes 3 features "
+          "(a, b, c)")

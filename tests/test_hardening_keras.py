@@ -337,3 +337,15 @@ def test_a_crashing_reader_is_one_line(kfiles, monkeypatch):
     assert code == 2 and "Keras crashed reading it (killed by signal 11)" in line, line
     code, _, err, _ = run_cli(["inspect", str(paths["m.h5"])])
     assert code == 0 and reader._WORKER.pid != pid, err
+
+
+@pytest.mark.parametrize("value", ["abc", "1e400", "-1", "0", "nan", ""])
+def test_a_bad_keras_time_limit_is_one_line(kfiles, monkeypatch, value):
+    folder, paths = kfiles
+    monkeypatch.setenv("DISTILL_KERAS_TIMEOUT", value)
+    argv = ["inspect", str(paths["m.keras"])]
+    code, _, err, _ = run_cli(argv)
+    line = check_error(code, err, argv)
+    assert code == 2 and "DISTILL_KERAS_TIMEOUT must be a number of seconds" in line, line
+    monkeypatch.setenv("DISTILL_KERAS_TIMEOUT", "90.5")
+    assert run_cli(argv)[0] == 0

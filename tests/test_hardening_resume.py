@@ -152,3 +152,49 @@ def test_adam_and_rmsprop_rates_outside_0_1_are_config_errors(tmp_path):
         code, _, err, _ = run_cli(argv)
         line = check_error(code, err, argv)
         assert code == 2 and "must be in [0, 1)" in line, line
+
+
+# ------------------------------------------------------------------------- the fuzzer's use
+
+def mutate_checkpoint(data: bytes, rng) -> bytes:
+    """A damaged copy of a checkpoint, for benchmarks/fuzz_models.py: one of the cases above,
+    1-3 random edits of its checkpoint.json, or bytes flipped anywhere in the archive."""
+    from test_hardening_fuzz import edit_json, mutate_bytes
+    kind = rng.choice(["case", "json", "bytes"])
+    if kind == "case":
+        return tampered(data, CASES[rng.choice(sorted(CASES))])
+    if kind == "bytes":
+        return mutate_bytes(data, rng)
+    edited = {}
+
+    def change(doc):
+        edited.update(json.loads(edit_json(doc, rng)))
+        doc.clear()
+        doc.update(edited if isinstance(edited, dict) else {})
+    return tampered(data, change)
+
+
+def check_resume(config: Path, out: Path, damaged: bytes) -> int:
+    """`distill train --resume` over a damaged checkpoint: exit 0 (it was still usable), or one
+    error line after the announcement with the checkpoint left as it was. Returns the code."""
+    ckpt = out.with_name(out.name + ".ckpt")
+    ckpt.write_bytes(damaged)
+    argv = ["train", str(config), "-o", str(out), "--resume", "-q"]
+    code, _, err, _ = run_cli(argv)
+    lines = err.strip().splitlines()
+    if code == 2 and lines and lines[0].startswith("training '"):
+        lines = lines[1:]
+    check_error(code, "\n".join(lines), argv)
+    if code == 2:
+        assert ckpt.read_bytes() == damaged and not out.exists(), "a refused resume changed files"
+    out.unlink(missing_ok=True)
+    return code
+
+
+def test_random_damage_to_a_checkpoint_is_one_line_or_a_resume(killed, tmp_path):
+    """A few seeded cases here; benchmarks/fuzz_models.py runs thousands."""
+    import random
+    config, data = killed
+    codes = [check_resume(config, tmp_path / "m.distill",
+                          mutate_checkpoint(data, random.Random(f"ckpt:{i}"))) for i in range(12)]
+    assert 2 in codes

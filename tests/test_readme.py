@@ -33,3 +33,12 @@ def test_python_api_example_runs(tmp_path, monkeypatch):
     exec(compile(block.replace("epochs=50", "epochs=2"), "README.md", "exec"), namespace)
     assert (tmp_path / "exp.distill").is_file()
     assert namespace["ir_model"].name == "exp"
+
+
+def test_go_snippet_gives_the_go_mod_lines_the_embed_example_builds_with():
+    """The embed example is built by tests/test_embed.py; the README's snippet must name the
+    same two go.mod lines (a `replace` without its `require` does not build)."""
+    block = README.split("```go\n", 1)[1].split("```", 1)[0]
+    go_mod = (ROOT / "examples" / "embed" / "go" / "go.mod").read_text()
+    for directive in ("require digits v0.0.0", "replace digits => ./"):
+        assert directive in block and directive in go_mod, directive

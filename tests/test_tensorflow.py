@@ -146,6 +146,22 @@ def test_subclassed_chain(tmp_path):
     assert imported.nodes[0].weights["kernel"].shape == (4, 9)
 
 
+def test_a_subclassed_model_file_points_to_import_keras(tmp_path):
+    """Its class lives in the program that saved it, not in the file: the command line (which
+    reads Keras files in a worker of its own) cannot load it, and says where to go instead, in
+    one whole sentence."""
+    model = TwoLayers(name="sub")
+    model(np.zeros((1, 4), np.float32))
+    model.save(tmp_path / "sub.keras")
+    proc = subprocess.run([sys.executable, "-m", "distill.cli", "import",
+                           str(tmp_path / "sub.keras"), "-o", str(tmp_path / "sub.distill")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip()
+    assert len(line.splitlines()) == 1 and "TwoLayers" in line, line
+    assert line.endswith("distill.backends.keras.import_keras(model)"), line
+
+
 @keras.saving.register_keras_serializable(package="distill_tests")
 class NotAChain(keras.Model):
     def __init__(self, **kwargs):
