@@ -988,7 +988,7 @@ class Sequential:
                 f.history, f.steps = doc["history"], doc["steps"]
                 f.order = order
             except (KeyError, ValueError, TypeError, OSError, AttributeError, EOFError,
-                    zipfile.BadZipFile, zlib.error) as e:  # a damaged array: bad CRC, cut short
+                    ArithmeticError, zipfile.BadZipFile, zlib.error) as e:
                 raise ModelFormatError(f"{path}: checkpoint is unusable ({e}); delete it to "
                                        "start over") from None
 

@@ -80,6 +80,8 @@ CASES |= {
     "steps one short": lambda doc: doc["steps"].pop(),
     "history of another length": lambda doc: doc["history"].update(loss=[0.5] * 7),
     "run of another config": setter("run", "0" * 64),
+    "rng out of range": lambda doc: doc["rng"].update(uinteger=1 << 40),  # found by the fuzzer
+    "rng of another kind": lambda doc: doc["rng"].update(bit_generator="MT19937"),
     "no run": dropper("run"),
 }
 
