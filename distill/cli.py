@@ -85,7 +85,7 @@ def _output_file(path: Path, what: str = "output") -> None:
         raise DistillError(f"{path}: is a directory; give a file name for the {what}")
     if _stream(path):
         return  # written through, as it is
-    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    target = Path(os.path.realpath(path)) if path.is_symlink() and ir.may_follow(path) else path
     if not target.parent.is_dir():
         raise DistillError(f"{target.parent}: no such directory")
     _replaceable(target)
@@ -254,7 +254,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         _replaceable(Path(os.path.realpath(path)))
     if args.strategy and args.backend != "tensorflow":
         raise DistillError("--strategy is for --backend tensorflow")
-    with _locked(out.with_name(out.name + ".lock"), out):
+    real = Path(os.path.realpath(out)) if out.is_symlink() and ir.may_follow(out) else out
+    with _locked(real.with_name(real.name + ".lock"), out):  # the file written, not a link
         _remove_temporaries(outputs)
         if args.resume and not ckpt.exists():
             print(f"distill: no checkpoint at {ckpt}; starting from the beginning",
@@ -268,7 +269,10 @@ def _locked(lock: Path, out: Path) -> Iterator[None]:
     of the same output would write the same checkpoint and model under the first one."""
     import fcntl
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:  # O_NOFOLLOW: a link planted at the lock's name is not followed
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise DistillError(f"{lock}: cannot take the lock ({e.strerror or e})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -426,10 +426,14 @@ def _labels(values: np.ndarray, task: str | None, where: str,
         names = sorted(set(text))
         index = {name: i for i, name in enumerate(names)}
         return np.array([index[t] for t in text], dtype=np.int64), task, tuple(names)
+    if integral and len(numbers) and np.abs(numbers).max() >= 2.0 ** 53:
+        integral = False  # beyond 2**53 a float is no longer an exact integer: not a class
     if not integral:
-        bad = next(i for i, v in enumerate(numbers) if not (math.isfinite(v) and v == round(v)))
+        bad = next(i for i, v in enumerate(numbers)
+                   if not (math.isfinite(v) and v == round(v) and abs(v) < 2.0 ** 53))
         raise DataError(f"{where}: {line_of(bad)}: class label {numbers[bad]:g} is not an "
-                        "integer (set task = \"regression\" for numeric targets)")
+                        "integer of at most 2**53 (set task = \"regression\" for numeric "
+                        "targets)")
     values, y = np.unique(numbers.astype(np.int64), return_inverse=True)
     if len(values) > _MAX_CLASSES:
         raise DataError(f"{where}: {len(values):,} distinct class labels (at most "
@@ -520,19 +524,22 @@ def _csv(table: Mapping[str, Any], base_dir: Path, seed: int) -> Dataset:
         if len(set(feature_cols)) != len(feature_cols):
             raise ConfigError("[data] features name a column twice")
 
+    # A label is missing only when its cell is empty: "NA" or "none" may be class names.
     if missing == "drop":
         keep = [r for r, row in enumerate(rows)
-                if not any(row[c].strip().lower() in MISSING for c in [*feature_cols, label_col])]
+                if row[label_col].strip() and not any(row[c].strip().lower() in MISSING
+                                                      for c in feature_cols)]
         if not keep:
             raise DataError(f"{path}: every row has a missing value (missing = \"drop\")")
         rows, lines = [rows[r] for r in keep], [lines[r] for r in keep]
     else:
         empty = [f"line {line}, column {names[label_col]!r}" for row, line in zip(rows, lines)
-                 if row[label_col].strip().lower() in MISSING]
+                 if not row[label_col].strip()]
         if empty:
             raise DataError(f"{path}: {_cells(empty, 'is a missing label', 'are missing labels')}"
                             " (rows with missing cells can be dropped: missing = \"drop\")")
-    x = numeric_cells(path, rows, lines, feature_cols, names)
+    x = numeric_cells(path, rows, lines, feature_cols, names,
+                      " (rows with missing cells can be dropped: missing = \"drop\")")
     raw = np.array([row[label_col] for row in rows], dtype=object)
     y, task, class_names = _labels(raw, task, str(path), lambda i: f"line {lines[i]}")
     feature_names = tuple(names[c] for c in feature_cols) if header else None
@@ -576,7 +583,7 @@ def read_csv(path: Path, delimiter: str = ",", header: bool | None = True
 
 
 def numeric_cells(path: Path, rows: list[list[str]], lines: list[int], cols: list[int],
-                  names: list[str]) -> np.ndarray:
+                  names: list[str], hint: str = "") -> np.ndarray:
     """The `cols` of `rows` as float32 (N, len(cols)); every cell that is not a finite number
     is named in one error (the first few, and how many in all)."""
     x = np.empty((len(rows), len(cols)), dtype=np.float32)
@@ -595,7 +602,7 @@ def numeric_cells(path: Path, rows: list[list[str]], lines: list[int], cols: lis
             x[r, c] = value
     if bad:
         raise DataError(f"{path}: {_cells(bad, 'is not a finite number', 'are not finite numbers')}"
-                        " (rows with missing cells can be dropped: missing = \"drop\")")
+                        + hint)
     return x
 
 

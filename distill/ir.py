@@ -24,6 +24,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 import tokenize
 import zipfile
@@ -391,10 +392,11 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the whole new one.
 
     The file gets the permissions `open()` would give a new file (0666 less the umask). A
-    symbolic link is written through: its target is replaced and the link kept.
+    symbolic link is written through (its target is replaced and the link kept) when
+    `may_follow` allows it, else replaced itself.
     """
     path = Path(path)
-    if path.is_symlink():
+    if path.is_symlink() and may_follow(path):
         path = Path(os.path.realpath(path))
     fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=temporary_prefix(path),
                                suffix=".tmp")
@@ -409,6 +411,19 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def may_follow(link: Path) -> bool:
+    """Whether a write may go through the symbolic link `link`: as the kernel's
+    protected_symlinks rule has it, in a sticky world-writable folder (/tmp) only a link of
+    our own or of the folder's owner is followed, so that another user's planted link cannot
+    aim our write at a file of ours."""
+    try:
+        st, folder = os.lstat(link), os.stat(Path(link).parent)
+    except OSError:
+        return False
+    shared = folder.st_mode & stat.S_ISVTX and folder.st_mode & stat.S_IWOTH
+    return not shared or st.st_uid in (os.geteuid(), folder.st_uid)
 
 
 def temporary_prefix(path: Path) -> str:

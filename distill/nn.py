@@ -976,6 +976,13 @@ class Sequential:
                 self.set_weights(weights)
                 slots = {n[len("optimizer/"):-4]: arr(n) for n in z.namelist()
                          if n.startswith("optimizer/")}
+                variables = self.trainable_variables
+                for key, slot in slots.items():
+                    index = key.split("/")[0]
+                    if not (index.isdigit() and int(index) < len(variables)
+                            and slot.shape == variables[int(index)].data.shape
+                            and np.all(np.isfinite(slot))):
+                        raise ValueError(f"optimizer slot {key!r} does not fit its weight")
                 self.optimizer.set_state(self.trainable_variables, doc["optimizer"], slots)
                 self.rng.bit_generator.state = doc["rng"]
                 f = self._fit
@@ -1003,7 +1010,8 @@ def _check_checkpoint(doc: Any, f: _FitState, weights: int, run: str | None) -> 
     if doc.get("format_version") != CHECKPOINT_VERSION:
         raise ValueError(f"format_version {doc.get('format_version')!r}; this distill reads "
                          f"{CHECKPOINT_VERSION}")
-    if run is not None and doc.get("run") != run:
+    # A checkpoint without "run" is from a distill that did not record it: taken as it is.
+    if run is not None and "run" in doc and doc["run"] != run:
         raise ValueError("it was written by a run of another config or seed")
 
     def count(key: str, most: float = math.inf) -> int:
@@ -1020,7 +1028,8 @@ def _check_checkpoint(doc: Any, f: _FitState, weights: int, run: str | None) -> 
     count("weights", weights)
     if doc["weights"] != weights:
         raise ValueError(f"it holds {doc['weights']} weight arrays; the model has {weights}")
-    epoch, batch = count("epoch"), count("batch", f.batches - 1)
+    # A save after an epoch's last step (before the epoch-end one) holds batch == batches.
+    epoch, batch = count("epoch"), count("batch", f.batches)
     step = count("global_step")
     count("seen", f.samples)
     numbers(doc.get("steps"), "steps", step)
@@ -1032,9 +1041,13 @@ def _check_checkpoint(doc: Any, f: _FitState, weights: int, run: str | None) -> 
     numbers(list(sums.values()), "sums", len(sums))
     if not isinstance(doc.get("optimizer"), dict) or not isinstance(doc.get("rng"), dict):
         raise ValueError("optimizer and rng must be tables")
-    if step != epoch * f.batches + batch:  # every epoch takes the same number of steps
-        raise ValueError(f"global_step {step} is not epoch {epoch} of {f.batches} steps plus "
-                         f"{batch}")
+    iterations = doc["optimizer"].get("iterations")
+    if type(iterations) is not int or iterations < 0:
+        raise ValueError(f"the optimizer's iterations is {iterations!r}")
+    # Every epoch takes `batches` steps (one stopped early by a callback takes fewer).
+    if not batch <= step <= epoch * f.batches + batch:
+        raise ValueError(f"global_step {step} does not fit epoch {epoch} of {f.batches} steps "
+                         f"and batch {batch}")
     if epoch and len(history.get("loss", ())) != epoch:
         raise ValueError(f"history holds no loss for each of the {epoch} epochs done")
 

@@ -212,6 +212,17 @@ def test_integer_class_labels_are_their_distinct_values(tmp_path):
     write(tmp_path / "n.csv", "a,y\n1,-1\n2,1\n")
     ds = load_data({"source": "csv", "path": "n.csv"}, base_dir=tmp_path)
     assert ds.class_names == ("-1", "1") and ds.y.tolist() == [0, 1]
+    write(tmp_path / "h.csv", "a,y\n1,1e30\n2,2e30\n")  # would both be INT64_MIN as int64
+    with pytest.raises(DataError, match="line 2: class label 1e[+]30 is not an integer of at"):
+        load_data({"source": "csv", "path": "h.csv"}, base_dir=tmp_path)
+
+
+def test_text_labels_that_look_like_missing_markers_are_classes(tmp_path):
+    write(tmp_path / "d.csv", "a,y\n1,none\n2,mild\n3,NA\n4,severe\n5,?\n")
+    for missing in ("error", "drop"):
+        ds = load_data({"source": "csv", "path": "d.csv", "missing": missing},
+                       base_dir=tmp_path)
+        assert ds.class_names == ("?", "NA", "mild", "none", "severe") and len(ds) == 5
 
 
 @pytest.mark.parametrize("source", ["csv", "npz"])

@@ -280,3 +280,52 @@ def test_a_killed_verify_leaves_no_build_folder_behind(small, tmp_path, monkeypa
     assert not dead.exists() and live.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("distill-")) == [
         live.name]
+
+
+@pytest.mark.parametrize("source", ["npz", "idx"])
+def test_samples_of_several_axes_without_a_flatten_layer_are_one_line(tmp_path, source):
+    from distill.data import write_idx
+    x = np.random.default_rng(0).integers(0, 256, (30, 3, 2)).astype(np.uint8)
+    y = np.arange(30) % 2
+    if source == "npz":
+        np.savez(tmp_path / "d.npz", x=x.astype(np.float32), y=y)
+        data = f'source = "npz"\npath = "{tmp_path / "d.npz"}"'
+    else:
+        write_idx(tmp_path / "train-images-idx3-ubyte", x)
+        write_idx(tmp_path / "train-labels-idx1-ubyte", y.astype(np.uint8))
+        data = f'source = "idx"\npath = "{tmp_path}"\nflatten = false'
+    config = tmp_path / "c.toml"
+    config.write_text(f'[data]\n{data}\n[[model.layers]]\ntype = "dense"\nunits = 10\n'
+                      'activation = "softmax"\n[training]\nloss = '
+                      '"sparse_categorical_crossentropy"\noptimizer = "sgd"\nepochs = 1\n')
+    units = 2 if source == "npz" else 10
+    config.write_text(config.read_text().replace("units = 10", f"units = {units}"))
+    fails(["train", config, "-o", tmp_path / "m.distill", "-q"], "add a flatten layer")
+
+
+def test_a_link_planted_by_another_user_in_a_shared_folder_is_replaced_not_followed(
+        small, tmp_path):
+    """In a sticky world-writable folder (/tmp) a link of another user's is not written
+    through (the kernel's protected_symlinks rule): the link itself is replaced."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine\n")
+    link = shared / "y.csv"
+    link.symlink_to(victim)
+    os.lchown(link, 12345, 12345)  # as another user planted it (the test runs as root in CI)
+    if os.lstat(link).st_uid != 12345:
+        pytest.skip("cannot give the link another owner here")
+    ok(["predict", small, "--input", tmp_path / "x.npy", "-o", link])
+    assert victim.read_text() == "mine\n"
+    assert not link.is_symlink() and link.read_text().count("\n") == 3
+
+
+def test_a_reexport_after_pytest_ran_in_it_works(small, tmp_path):
+    out = tmp_path / "out"
+    ok(["export", small, "--lang", "numpy", "-o", out])
+    (out / ".pytest_cache" / "v").mkdir(parents=True)
+    (out / ".pytest_cache" / "v" / "x").write_text("")
+    (out / "__pycache__").mkdir()
+    ok(["export", small, "--lang", "numpy", "-o", out])

@@ -13,6 +13,7 @@ import json
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import HANG_SECONDS
 from test_hardening_crash import CONFIG, DRIVER, run_until_killed
@@ -82,7 +83,6 @@ CASES |= {
     "run of another config": setter("run", "0" * 64),
     "rng out of range": lambda doc: doc["rng"].update(uinteger=1 << 40),  # found by the fuzzer
     "rng of another kind": lambda doc: doc["rng"].update(bit_generator="MT19937"),
-    "no run": dropper("run"),
 }
 
 
@@ -124,6 +124,40 @@ def test_a_checkpoint_of_another_config_or_seed_is_refused(killed, tmp_path):
     code, _, err, _ = run_cli(["train", str(other), "-o", str(out), "--resume", "-q"])
     assert code == 0, err
     assert len(json.loads(out.with_suffix(".history.json").read_text())["epochs"]["loss"]) == 4
+
+
+@pytest.mark.parametrize("slot", [np.zeros(7, np.float32), np.zeros(1, np.float32),
+                                  np.full((2, 16), np.nan, np.float32)])
+def test_a_damaged_optimizer_slot_is_one_line(killed, tmp_path, slot):
+    config, data = killed
+    src, buf = zipfile.ZipFile(io.BytesIO(data)), io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as out:
+        for info in src.infolist():
+            body = src.read(info)
+            if info.filename == "optimizer/0/m.npy":
+                slot_buf = io.BytesIO()
+                np.save(slot_buf, slot)
+                body = slot_buf.getvalue()
+            out.writestr(info, body)
+    ckpt = tmp_path / "m.distill.ckpt"
+    ckpt.write_bytes(buf.getvalue())
+    code, _, err, _ = run_cli(["train", str(config), "-o", str(tmp_path / "m.distill"),
+                               "--resume", "-q"])
+    assert code == 2 and "optimizer slot '0/m' does not fit its weight" in err, err
+
+
+def test_a_checkpoint_from_before_fingerprints_still_resumes(killed, tmp_path):
+    """Checkpoints of the release before this one hold no "run": they are taken as they are,
+    and give the uninterrupted run's weights."""
+    config, data = killed
+    out, ckpt = tmp_path / "m.distill", tmp_path / "m.distill.ckpt"
+    ckpt.write_bytes(tampered(data, dropper("run")))
+    code, _, err, _ = run_cli(["train", str(config), "-o", str(out), "--resume", "-q"])
+    assert code == 0, err
+    ref = tmp_path / "ref.distill"
+    assert run_cli(["train", str(config), "-o", str(ref), "-q"])[0] == 0
+    for a, b in zip(distill.load(out).nodes, distill.load(ref).nodes):
+        assert all(a.weights[k].tobytes() == b.weights[k].tobytes() for k in a.weights)
 
 
 def test_a_second_run_of_the_same_output_is_refused(killed, tmp_path):

@@ -152,11 +152,17 @@ def _normalization(layer) -> list[Spec]:
     if config.get("invert"):
         raise Unsupported("Normalization with invert=True")
     axis = config.get("axis", -1)
-    if axis not in (-1, (-1,), [-1]):
-        raise Unsupported(f"Normalization over axis {axis}")
-    mean = np.asarray(layer.mean, np.float32).reshape(-1)
+    axis = tuple(axis) if isinstance(axis, (list, tuple)) else (axis,)
+    mean, variance = (np.asarray(a, np.float32) for a in (layer.mean, layer.variance))
+    if axis == (-1,):
+        shape = (-1,)
+    elif axis == tuple(range(1, mean.ndim)) and mean.shape[0] == 1:
+        shape = mean.shape[1:]  # one statistic per value of the sample, over all its axes
+    else:
+        raise Unsupported(f"Normalization over axis {config.get('axis')}")
+    mean = mean.reshape(shape)
     # Keras divides by max(sqrt(variance), epsilon).
-    std = np.maximum(np.sqrt(np.asarray(layer.variance, np.float32).reshape(-1)), 1e-7)
+    std = np.maximum(np.sqrt(variance.reshape(shape)), 1e-7)
     return [(layer.name, "normalize", {}, {"mean": mean, "std": std.astype(np.float32)})]
 
 

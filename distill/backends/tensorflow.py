@@ -66,7 +66,9 @@ def _layers(keras, config: Config, prep) -> list:
     layers = [keras.Input(prep.x["train"].shape[1:])]
     if prep.standardize is not None:
         mean, std = prep.standardize
-        layers.append(keras.layers.Normalization(mean=mean, variance=np.square(std),
+        # One mean and std per value of the sample, over all its axes (IDX images unflattened).
+        axis = -1 if mean.ndim == 1 else tuple(range(1, mean.ndim + 1))
+        layers.append(keras.layers.Normalization(axis=axis, mean=mean, variance=np.square(std),
                                                  name="standardize"))
     names = set()
     for i, spec in enumerate(config.layers):
@@ -223,7 +225,7 @@ def train(config: Config, *, epochs: int | None = None, seed: int | None = None,
             shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
         # Which run the folder belongs to: --resume refuses one from another config or seed.
         run, stamp = config.fingerprint(seed), folder / "distill-run.json"
-        if folder.is_dir() and any(folder.iterdir()):
+        if stamp.is_file():  # a folder without one is from before stamps: taken as it is
             try:
                 theirs = json.loads(stamp.read_text()).get("run")
             except (OSError, ValueError, AttributeError):

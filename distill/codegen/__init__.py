@@ -408,6 +408,7 @@ def replace_dir(out: Path, files: dict[str, bytes]) -> None:
 # What building an export leaves beside its sources: compiled objects, Python's caches, and an
 # executable named after a source (`cc -o digits_test digits_test.c`).
 _BUILD_PRODUCTS = (".o", ".obj", ".pyc", ".exe", ".out", ".test")
+_TOOL_LEFTOVERS = ("__pycache__", ".pytest_cache", ".DS_Store")  # and *.dSYM debug folders
 
 
 def _check_earlier_export(out: Path) -> None:
@@ -428,8 +429,8 @@ def _check_earlier_export(out: Path) -> None:
         rel = path.relative_to(out).as_posix()
         if path.is_dir() and not path.is_symlink():
             continue
-        if rel in listed or "__pycache__" in path.parts or path.suffix in _BUILD_PRODUCTS \
-                or (rel in stems and path.is_file()):
+        if rel in listed or path.suffix in _BUILD_PRODUCTS or (rel in stems and path.is_file()) \
+                or any(p in _TOOL_LEFTOVERS or p.endswith(".dSYM") for p in path.parts):
             continue
         foreign.append(rel)
     if foreign:
