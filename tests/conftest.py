@@ -5,6 +5,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +28,17 @@ def workload():
             cache[name] = (config, train(config, verbose=0))
         return cache[name]
     return get
+
+
+@pytest.fixture
+def small(tmp_path) -> Path:
+    """A two-class model `s.distill` (dense 2 -> 2, softmax; labels no and yes) in tmp_path."""
+    from distill import ir
+    path = tmp_path / "s.distill"
+    ir.save(ir.make_model("s", (2,), [("d", "dense", {}, {"kernel": np.eye(2),
+                                                          "bias": np.zeros(2)}),
+                                      ("p", "softmax", {}, {})], labels=["no", "yes"]), path)
+    return path
 
 
 def require(module: str):

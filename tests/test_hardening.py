@@ -467,15 +467,6 @@ def test_config_name_cannot_choose_where_the_model_goes(tmp_path):
 
 # --------------------------------------------------------------------------- predict inputs
 
-@pytest.fixture
-def small(tmp_path) -> Path:
-    path = tmp_path / "s.distill"
-    ir.save(ir.make_model("s", (2,), [("d", "dense", {}, {"kernel": np.eye(2),
-                                                          "bias": np.zeros(2)}),
-                                      ("p", "softmax", {}, {})], labels=["no", "yes"]), path)
-    return path
-
-
 def write_npy_header_only(path: Path, shape, descr="<f4") -> Path:
     path.write_bytes(npy_header(shape, descr) + b"\0" * 64)
     return path

@@ -243,3 +243,22 @@ def test_cli_trains_on_tensorflow_with_the_mirrored_strategy(tmp_path):
     model = distill.load(tmp_path / "b.distill")
     assert model.metadata["training"]["devices"][0].startswith("CPU")
     assert (tmp_path / "b.loss.png").is_file()
+
+
+def test_a_checkpoint_folder_of_another_config_is_refused(tmp_path):
+    """The Keras backup folder carries the config's fingerprint in distill-run.json: --resume
+    refuses another config's folder, and writes its own stamp atomically for the next one."""
+    from distill.backends.tensorflow import train as tf_train
+    from distill.config import parse_config
+    from distill.errors import ModelFormatError
+    doc = {"data": {"source": "blobs", "n": 40},
+           "model": {"layers": [{"type": "dense", "units": 1, "activation": "sigmoid"}]},
+           "training": {"loss": "binary_crossentropy", "optimizer": "sgd", "epochs": 1}}
+    config = parse_config(doc)
+    folder = tmp_path / "m.distill.ckpt"
+    folder.mkdir()
+    (folder / "distill-run.json").write_text('{"run": "' + "0" * 64 + '"}\n')
+    with pytest.raises(ModelFormatError, match="another config or seed"):
+        tf_train(config, checkpoint=folder, resume=True, verbose=0)
+    (folder / "distill-run.json").write_text('{"run": "' + config.fingerprint() + '"}\n')
+    tf_train(config, checkpoint=folder, resume=True, verbose=0)

@@ -235,7 +235,7 @@ def train(config: Config, *, epochs: int | None = None, seed: int | None = None,
                                        "config or seed; delete it to start over, or train "
                                        "without --resume")
         folder.mkdir(exist_ok=True)
-        stamp.write_text(json.dumps({"run": run}) + "\n")
+        ir.atomic_write(stamp, (json.dumps({"run": run}) + "\n").encode())  # never half a stamp
         callbacks.append(keras.callbacks.BackupAndRestore(str(folder),
                                                           save_freq=config.checkpoint_every))
     if config.early_stopping:
