@@ -27,7 +27,7 @@ import numpy as np
 __all__ = [
     "Tensor", "Variable", "Tape", "constant",
     "add", "sub", "mul", "div", "neg", "pow", "matmul", "affine", "exp", "log", "tanh", "maximum",
-    "where", "sum", "mean", "max", "reshape", "transpose", "concatenate", "cast",
+    "minimum", "where", "sum", "mean", "max", "reshape", "transpose", "concatenate", "cast",
     "sigmoid", "relu", "leaky_relu", "softmax", "log_softmax",
     "softmax_cross_entropy", "sigmoid_cross_entropy", "mean_squared_error",
     "half_sum_squared_error",
@@ -330,6 +330,16 @@ def maximum(a: Any, b: Any) -> Tensor:
         share = (A > B) + 0.5 * (A == B)
         return (_unbroadcast(g * share, a.shape), _unbroadcast(g * (1 - share), b.shape))
     return _record(np.maximum(A, B), (a, b), vjp)
+
+
+def minimum(a: Any, b: Any) -> Tensor:
+    a, b = _binary(a, b)
+    A, B = a.data, b.data
+
+    def vjp(g):
+        share = (A < B) + 0.5 * (A == B)
+        return (_unbroadcast(g * share, a.shape), _unbroadcast(g * (1 - share), b.shape))
+    return _record(np.minimum(A, B), (a, b), vjp)
 
 
 def where(cond: Any, a: Any, b: Any) -> Tensor:

@@ -378,7 +378,11 @@ def describe(model: ir.Model) -> dict[str, Any]:
         "hash": ir.model_hash(model),
         "input": {"shape": list(model.input_shape), "dtype": model.input_dtype},
         "output": {"shape": list(model.output_shape), "labels": model.labels},
-        "nodes": [{"name": n.name, "op": n.op, "attrs": dict(n.attrs),
+        # one entry each; input and output above are their packed layout
+        "inputs": [{"name": name, "shape": list(shape)} for name, shape in model.inputs],
+        "outputs": [{"name": name, "shape": list(shape)}
+                    for name, shape in zip(model.outputs, model.output_shapes)],
+        "nodes": [{"name": n.name, "op": n.op, "attrs": dict(n.attrs), "inputs": list(n.inputs),
                    "output_shape": list(n.output_shape),
                    "parameters": sum(int(a.size) for a in n.weights.values()),
                    "macs": OPS[n.op].macs(n.input_shape, n.output_shape)}
@@ -395,16 +399,24 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=1))
         return 0
     rows = [("node", "op", "output", "params", "mult-adds")]
+    previous = [name for name, _ in model.inputs[:1]]
     for n in info["nodes"]:
         attrs = "".join(f" {k}={v:g}" if isinstance(v, float) else f" {k}={v}"
                         for k, v in n["attrs"].items())
-        rows.append((n["name"], n["op"] + attrs, str(tuple(n["output_shape"])),
+        # a graph's wiring, where a node does not simply take the one before it
+        wiring = "" if n["inputs"] == previous else f" <- {', '.join(n['inputs'])}"
+        rows.append((n["name"], n["op"] + attrs + wiring, str(tuple(n["output_shape"])),
                      f"{n['parameters']:,}", f"{n['macs']:,}"))
+        previous = [n["name"]]
     widths = [max(len(r[c]) for r in rows) for c in range(5)]
     print(f"model {info['name']}  (sha256 {info['hash'][:16]})")
-    print(f"input  {tuple(info['input']['shape'])} {info['input']['dtype']}")
+    print(f"input  {tuple(info['input']['shape'])} {info['input']['dtype']}"
+          + ("  packs " + ", ".join(f"{i['name']} {tuple(i['shape'])}" for i in info["inputs"])
+             if len(info["inputs"]) > 1 else ""))
     labels = info["output"]["labels"]
     print(f"output {tuple(info['output']['shape'])}"
+          + ("  packs " + ", ".join(f"{o['name']} {tuple(o['shape'])}" for o in info["outputs"])
+             if len(info["outputs"]) > 1 else "")
           + (f"  labels: {_text(', '.join(labels), 2000)}" if labels else ""))
     print()
     for k, r in enumerate(rows):
@@ -499,8 +511,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     with _writing(out, "export"):
         written = export(model, langs, out, args.name, samples, weights=args.weights)
     figures = ir.stats(model)
-    from .codegen import plan
-    workspace = 4 * sum(plan(model)[1])
+    from .codegen import workspace_floats
+    workspace = 4 * workspace_floats(model)
     print(f"{model.name}: {figures['parameters']:,} parameters, "
           f"{figures['weight_bytes']:,} bytes of weights (flash), "
           f"{workspace:,} bytes of working memory (RAM), "

@@ -1,4 +1,4 @@
-"""The model IR: a versioned graph of named layer nodes with float32 weights, and its oracle.
+"""The model IR: a versioned DAG of named layer nodes with float32 weights, and its oracle.
 
 Where it sits: at the centre. Backends (the NumPy trainer, TensorFlow, Keras import) produce a
 `Model`; exporters consume one; `run` is the reference interpreter every exported program is
@@ -6,13 +6,16 @@ checked against. The op math lives in `ops`, so `run` and training compute the s
 
 What it promises:
 - A `Model` that exists has been validated: known ops, sanitized unique names, every weight
-  present, float32, finite and of the right shape, and a shape chain that holds.
+  present, float32, finite and of the right shape, every node's inputs earlier in the list and
+  their shapes what the op takes, and every node on a path to an output.
 - `save` writes one `.distill` file atomically and deterministically (same model, same bytes);
   `load` reads it back without pickle and rejects anything else with a `ModelFormatError`
   naming the node and the problem, checking declared sizes before it allocates.
 
 The `.distill` file is a zip archive (stored, not compressed) holding `model.json` (the graph,
-see `to_json`) and one `.npy` file per weight under `weights/<node>/<weight>.npy`.
+see `to_json`) and one `.npy` file per weight under `weights/<node>/<weight>.npy` (a shared
+layer's arrays once, under the first node that uses them). Format 2 is a DAG with named
+inputs and outputs; format 1 files (a chain from one input) still load.
 """
 
 from __future__ import annotations
@@ -36,13 +39,13 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from . import __version__, ops
 from . import autodiff as ad
 from .errors import ModelFormatError, did_you_mean
 from .ops import OPS
 
 FORMAT = "distill-ir"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: a chain with one input; 2: a DAG, several inputs and outputs
 INPUT = "input"  # the name by which nodes refer to the model's input
 MAX_JSON_BYTES = 16 << 20
 MAX_ELEMENTS = 1 << 28  # 1 GiB of float32 per weight: far beyond a "small" network
@@ -64,26 +67,57 @@ class Node:
     name: str
     op: str
     attrs: Mapping[str, Any]
-    weights: Mapping[str, np.ndarray]
-    inputs: tuple[str, ...]
-    input_shape: Shape
+    weights: Mapping[str, np.ndarray]  # a shared layer's nodes hold the very same arrays
+    inputs: tuple[str, ...]            # earlier nodes or model inputs, in the op's order
+    input_shapes: tuple[Shape, ...]    # per sample, one per input
     output_shape: Shape
+
+    @property
+    def input_shape(self) -> Shape:
+        """The shape of the first (for most ops, the only) input."""
+        return self.input_shapes[0]
 
 
 @dataclass(frozen=True, eq=False)
 class Model:
+    """A DAG of nodes in topological order, from named inputs to named outputs.
+
+    Per sample, a model with several inputs (or outputs) takes (gives) them *packed*: each
+    flattened, one after another, in the order of `inputs` (`outputs`). That is the layout of
+    the C and Go APIs, and what `input_shape` and `output_shape` describe; `run` also takes
+    and gives a list of arrays, one per input and output.
+    """
     name: str
-    input_shape: Shape
+    inputs: tuple[tuple[str, Shape], ...]  # (name, per-sample shape); one input is "input"
     nodes: tuple[Node, ...]
-    outputs: tuple[str, ...]
+    outputs: tuple[str, ...]               # node or input names, in order; may repeat
     labels: tuple[str, ...] | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
     input_dtype: str = "float32"
 
     @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.inputs)
+
+    @property
+    def input_shapes(self) -> tuple[Shape, ...]:
+        return tuple(tuple(shape) for _, shape in self.inputs)
+
+    @property
+    def output_shapes(self) -> tuple[Shape, ...]:
+        shapes = dict(self.inputs)
+        return tuple(tuple(shapes[out]) if out in shapes else self.node(out).output_shape
+                     for out in self.outputs)
+
+    @property
+    def input_shape(self) -> Shape:
+        """The only input's shape, or for several the packed `(total,)`."""
+        return _packed(self.input_shapes)
+
+    @property
     def output_shape(self) -> Shape:
-        out = self.outputs[0]
-        return self.input_shape if out == INPUT else self.node(out).output_shape
+        """The only output's shape, or for several the packed `(total,)`."""
+        return _packed(self.output_shapes)
 
     def node(self, name: str) -> Node:
         for n in self.nodes:
@@ -91,6 +125,10 @@ class Model:
                 return n
         raise KeyError(f"no node named {_show(name)}"
                        f"{did_you_mean(name, [n.name for n in self.nodes])}")
+
+
+def _packed(shapes: Sequence[Shape]) -> Shape:
+    return tuple(shapes[0]) if len(shapes) == 1 else (sum(prod(s) for s in shapes),)
 
 
 # -------------------------------------------------------------------------------------- names
@@ -122,31 +160,67 @@ def _name_hash(text: str) -> str:
 
 # ----------------------------------------------------------------------------------- building
 
-def make_model(name: str, input_shape: Sequence[int],
-               layers: Sequence[tuple[str, str, Mapping[str, Any], Mapping[str, Any]]],
+def make_model(name: str, input_shape: Sequence[int] | Mapping[str, Sequence[int]],
+               layers: Sequence[tuple],
                labels: Sequence[str] | None = None,
-               metadata: Mapping[str, Any] | None = None) -> Model:
-    """Build a validated chain model from `(name, op, attrs, weights)` tuples.
+               metadata: Mapping[str, Any] | None = None,
+               outputs: Sequence[str] | None = None) -> Model:
+    """Build a validated model from `(name, op, attrs, weights[, inputs])` tuples.
 
-    Names are sanitized and de-duplicated here, weights become float32 copies, and shapes are
-    computed from the input shape, so callers (backends, importers) state only what they know.
+    `input_shape` is one input's shape, or `{name: shape}` for several inputs. A layer's
+    `inputs` (a name or a list of names, of earlier layers or inputs) default to the layer
+    before it, and `outputs` (names) to the last layer, so a chain states no wiring at all.
+    Names are sanitized and de-duplicated here (a name refers to the latest layer given it),
+    weights become float32 copies (an array passed to two layers stays one array: a shared
+    layer), and shapes are computed, so callers (backends, importers) state only what they know.
     """
-    nodes, taken, prev = [], set(), INPUT
-    shape = tuple(int(d) for d in input_shape)
-    for raw, op_name, attrs, weights in layers:
-        node_name = sanitize_name(raw, taken)
-        taken.add(node_name)
-        w = {k: np.array(v, dtype=np.float32) for k, v in weights.items()}
+    if isinstance(input_shape, Mapping):
+        raw_inputs = list(input_shape.items())
+    else:
+        raw_inputs = [(INPUT, input_shape)]
+    known: dict[str, str] = {}  # raw name -> sanitized name
+    shapes: dict[str, Shape] = {}
+    inputs = []
+    for raw, shape in raw_inputs:
+        # Input names share the nodes' namespace; "input" is the name of a sole input.
+        node_name = INPUT if len(raw_inputs) == 1 else sanitize_name(raw, shapes)
+        known[str(raw)] = node_name
+        shapes[node_name] = tuple(int(d) for d in shape)
+        inputs.append((node_name, shapes[node_name]))
+    nodes, prev, copies = [], inputs[0][0], {}
+
+    def refer(raw: Any, node_name: str) -> str:
+        if str(raw) not in known:
+            raise ModelFormatError(f"node {node_name!r}: input {_show(raw)} names no earlier "
+                                   f"layer or input{did_you_mean(str(raw), known)}")
+        return known[str(raw)]
+
+    def float32(v: Any) -> np.ndarray:
+        if id(v) not in copies:
+            copies[id(v)] = (v, np.array(v, dtype=np.float32))  # v kept: its id stays its own
+        return copies[id(v)][1]
+
+    for layer in layers:
+        raw, op_name, attrs, weights = layer[:4]
+        node_name = sanitize_name(raw, shapes)
+        if len(layer) > 4:
+            wiring = [layer[4]] if isinstance(layer[4], str) else layer[4]
+            sources = tuple(refer(r, node_name) for r in wiring)
+        else:
+            sources = (prev,)
+        w = {k: float32(v) for k, v in weights.items()}
         opdef = _opdef(op_name, node_name)
+        in_shapes = tuple(shapes[src] for src in sources)
         try:
-            out = tuple(int(d) for d in opdef.out_shape(shape, attrs, w))
+            out = ops.output_shape(opdef, list(in_shapes), attrs, w)
         except (ValueError, KeyError, IndexError, TypeError) as e:
             raise ModelFormatError(f"node {node_name!r} ({op_name}): {_short(e)}") from None
-        nodes.append(Node(node_name, op_name, dict(attrs), w, (prev,), shape, out))
-        prev, shape = node_name, out
-    model = Model(sanitize_name(name), tuple(int(d) for d in input_shape), tuple(nodes),
-                  (prev,) if nodes else (INPUT,), tuple(labels) if labels else None,
-                  dict(metadata or {}))
+        nodes.append(Node(node_name, op_name, dict(attrs), w, sources, in_shapes, out))
+        known[str(raw)] = prev = node_name
+        shapes[node_name] = out
+    wanted = [prev] if outputs is None else [refer(r, "outputs") for r in outputs]
+    model = Model(sanitize_name(name), tuple(inputs), tuple(nodes), tuple(wanted),
+                  tuple(labels) if labels else None, dict(metadata or {}))
     validate(model)
     return model
 
@@ -165,22 +239,24 @@ def validate(model: Model) -> None:
     if model.input_dtype != "float32":
         raise ModelFormatError(f"input dtype {_show(model.input_dtype)} is not supported; "
                                "expected float32")
-    _check_shape(model.input_shape, "model input")
+    seen = _check_inputs(model)
     try:
         # save() writes strict JSON, and JSON's 1e999 loads as inf: refuse what it cannot write.
         json.dumps(dict(model.metadata), allow_nan=False, sort_keys=True)
     except (TypeError, ValueError, RecursionError) as e:
         raise ModelFormatError(f"metadata cannot be saved as JSON ({_short(e)})") from None
     _check_samples(model)
-    seen: dict[str, Shape] = {INPUT: tuple(model.input_shape)}
     for node in model.nodes:
         _check_node_name(node.name, seen)
         where = f"node {_show(node.name)} ({_clip(str(node.op))})"
         opdef = _opdef(node.op, node.name)
-        if (len(node.inputs) != 1 or not isinstance(node.inputs[0], str)
-                or node.inputs[0] not in seen):
-            raise ModelFormatError(f"{where}: inputs {_show(list(node.inputs))} must be one "
-                                   "earlier node or 'input'")
+        if (not isinstance(node.inputs, tuple) or not node.inputs
+                or not all(isinstance(i, str) and i in seen for i in node.inputs)):
+            raise ModelFormatError(f"{where}: inputs {_show(list(node.inputs))} must be "
+                                   "earlier nodes or model inputs")
+        if not ops.takes(opdef, len(node.inputs)):
+            want = "two or more" if opdef.arity == ops.MANY else str(opdef.arity)
+            raise ModelFormatError(f"{where}: takes {want} inputs, not {len(node.inputs)}")
         for key, value in node.attrs.items():
             kind = opdef.attrs.get(key)
             if kind is None:
@@ -207,15 +283,15 @@ def validate(model: Model) -> None:
                 raise ModelFormatError(f"{where}: weight {key!r} must be a float32 array")
             if not np.isfinite(arr).all():
                 raise ModelFormatError(f"{where}: weight {key!r} holds NaN or Inf")
-        in_shape = seen[node.inputs[0]]
-        if tuple(node.input_shape) != in_shape:
-            raise ModelFormatError(f"{where}: input shape {tuple(node.input_shape)} does not "
-                                   f"match the {in_shape} it receives")
+        in_shapes = [seen[i] for i in node.inputs]
+        if [tuple(x) for x in node.input_shapes] != in_shapes:
+            raise ModelFormatError(f"{where}: input shapes {_show(list(node.input_shapes))} do "
+                                   f"not match the {in_shapes} it receives")
         try:
-            out = tuple(opdef.out_shape(in_shape, node.attrs, node.weights))
+            out = ops.output_shape(opdef, in_shapes, node.attrs, node.weights)
             if node.op == "normalize":
                 for key in ("mean", "std"):
-                    np.broadcast_to(node.weights[key], in_shape)
+                    np.broadcast_to(node.weights[key], in_shapes[0])
                 if (node.weights["std"] == 0).any():
                     raise ValueError("std holds a zero")
         except (ValueError, KeyError, IndexError, TypeError) as e:
@@ -226,9 +302,10 @@ def validate(model: Model) -> None:
             raise ModelFormatError(f"{where}: output shape {tuple(node.output_shape)} should be "
                                    f"{out}")
         seen[node.name] = out
-    if (len(model.outputs) != 1 or not isinstance(model.outputs[0], str)
-            or model.outputs[0] not in seen):
-        raise ModelFormatError(f"outputs {_show(list(model.outputs))} must name one node")
+    if (not isinstance(model.outputs, tuple) or not model.outputs
+            or not all(isinstance(o, str) and o in seen for o in model.outputs)):
+        raise ModelFormatError(f"outputs {_show(list(model.outputs))} must name nodes or inputs")
+    _check_reached(model)
     if model.labels is not None:
         if not all(isinstance(x, str) for x in model.labels):
             raise ModelFormatError("labels must be strings")
@@ -241,6 +318,38 @@ def validate(model: Model) -> None:
         # One output with two labels is a binary classifier: the output is P(labels[1]).
         if len(model.labels) != width and not (width == 1 and len(model.labels) == 2):
             raise ModelFormatError(f"{len(model.labels)} labels for {width} outputs")
+
+
+def _check_inputs(model: Model) -> dict[str, Shape]:
+    """The model's inputs, checked, as the first entries of the names-to-shapes table."""
+    if not isinstance(model.inputs, tuple) or not model.inputs:
+        raise ModelFormatError("a model needs at least one input")
+    seen: dict[str, Shape] = {}
+    for i, spec in enumerate(model.inputs):
+        if not isinstance(spec, tuple) or len(spec) != 2:
+            raise ModelFormatError(f"input #{i} is not a (name, shape) pair")
+        name, shape = spec
+        if len(model.inputs) == 1:
+            if name != INPUT:
+                raise ModelFormatError(f"a sole input is named {INPUT!r}, not {_show(name)}")
+        elif not isinstance(name, str) or not _NAME.match(name) or name == INPUT or name in seen:
+            raise ModelFormatError(f"input name {_show(name)} is not a valid identifier "
+                                   "([a-z][a-z0-9_]*, not 'input') or is used twice")
+        _check_shape(shape, "model input" if len(model.inputs) == 1 else f"input {_show(name)}")
+        seen[name] = tuple(shape)
+    return seen
+
+
+def _check_reached(model: Model) -> None:
+    """Every node feeds an output: exporters compute nodes, so one that does not is dead code
+    (importers leave such layers out)."""
+    needed = set(model.outputs)
+    for node in reversed(model.nodes):
+        if node.name in needed:
+            needed.update(node.inputs)
+        else:
+            raise ModelFormatError(f"node {_show(node.name)} ({_clip(str(node.op))}) reaches "
+                                   "no output")
 
 
 def _check_samples(model: Model) -> None:
@@ -290,26 +399,48 @@ def _check_shape(shape: Any, where: str) -> None:
 
 # ------------------------------------------------------------------------------------ running
 
-def run(model: Model, x: Any, *, intermediates: bool = False) -> Any:
+def run(model: Model, x: Any, *, split: bool = False, intermediates: bool = False) -> Any:
     """The reference interpreter: outputs for one sample `(...)` or a batch `(N, ...)`.
 
-    With `intermediates=True` returns a dict of every node's output (batched), input included.
+    `x` is an array of `model.input_shape` (several inputs packed) or, for a model with
+    several inputs, a list with one array per input. The result is an array of
+    `model.output_shape` (several outputs packed) or, with `split=True`, a list with one array
+    per output. With `intermediates=True` returns a dict of every node's output (batched), the
+    inputs included.
     """
-    x = np.asarray(x, dtype=np.float32)
-    shape = tuple(model.input_shape)
-    single = x.shape == shape
-    if not single and x.shape[1:] != shape:
-        raise ValueError(f"model {model.name!r} takes input of shape {shape} or (N, "
-                         f"{', '.join(map(str, shape))}), got {x.shape}")
-    x = x[None] if single else x
+    listed = isinstance(x, (list, tuple)) and len(model.inputs) > 1
+    xs = [np.asarray(v, dtype=np.float32) for v in x] if listed else \
+        [np.asarray(x, dtype=np.float32)]
+    shapes = list(model.input_shapes) if listed else [tuple(model.input_shape)]
+    if len(xs) != len(shapes):
+        raise ValueError(f"model {model.name!r} takes {len(shapes)} inputs, got {len(xs)}")
+    single = all(v.shape == s for v, s in zip(xs, shapes))
+    batch = None if single else (xs[0].shape[:1] or (None,))[0]
+    for v, shape in zip(xs, shapes):
+        if not single and (v.shape[1:] != shape or v.shape[:1] != (batch,)):
+            raise ValueError(f"model {model.name!r} takes input of shape {shape} or (N, "
+                             f"{', '.join(map(str, shape))}), got {v.shape}")
+    xs = [v[None] if single else v for v in xs]
+    if not listed and len(model.inputs) > 1:  # packed: split into the inputs
+        cuts = np.cumsum([prod(s) for s in model.input_shapes])[:-1]
+        xs = [part.reshape(len(xs[0]), *s) for part, s in
+              zip(np.split(xs[0], cuts, axis=1), model.input_shapes)]
     if intermediates:
-        return _run(model, x, keep_all=True)
+        return _run(model, xs, keep_all=True)
+    n = len(xs[0])
     # A batch at a time, so that memory stays within RUN_VALUES whatever N is.
     step = max(1, RUN_VALUES // max(stats(model)["largest_activation"], 1))
-    parts = [_run(model, x[i:i + step])[model.outputs[0]] for i in range(0, len(x), step)]
-    out = (np.concatenate(parts) if len(parts) != 1 else parts[0]) if parts else \
-        np.zeros((0, *model.output_shape), np.float32)
-    return out[0] if single else out
+    parts = [_run(model, [v[i:i + step] for v in xs]) for i in range(0, n, step)]
+    outs = []
+    for out, shape in zip(model.outputs, model.output_shapes):
+        pieces = [p[out] for p in parts]
+        outs.append((np.concatenate(pieces) if len(pieces) != 1 else pieces[0]) if pieces
+                    else np.zeros((0, *shape), np.float32))
+    if not split and len(outs) > 1:  # packed, as C and Go give them
+        outs = [np.concatenate([o.reshape(len(o), -1) for o in outs], axis=1)]
+    if single:
+        outs = [o[0] for o in outs]
+    return outs if split else outs[0]
 
 
 # Values of the largest activation ir.run holds at once (128 MiB). Larger batches run in
@@ -318,19 +449,19 @@ def run(model: Model, x: Any, *, intermediates: bool = False) -> Any:
 RUN_VALUES = 1 << 25
 
 
-def _run(model: Model, x: np.ndarray, keep_all: bool = False) -> dict[str, np.ndarray]:
+def _run(model: Model, xs: list[np.ndarray], keep_all: bool = False) -> dict[str, np.ndarray]:
     """Every node's output (keep_all) or just the outputs': each intermediate is dropped
     after its last reader, so a chain of 2,000 nodes holds two activations, not 2,000."""
     last = {}
     for i, node in enumerate(model.nodes):
         for name in node.inputs:
             last[name] = i
-    values = {INPUT: ad.Tensor(x)}
+    values = {name: ad.Tensor(v) for name, v in zip(model.input_names, xs)}
     for i, node in enumerate(model.nodes):
-        values[node.name] = OPS[node.op].forward(values[node.inputs[0]], node.attrs,
-                                                 node.weights)
+        values[node.name] = ops.forward(OPS[node.op], [values[n] for n in node.inputs],
+                                        node.attrs, node.weights)
         if not keep_all:
-            for name in node.inputs:
+            for name in set(node.inputs):
                 if last[name] == i and name not in model.outputs:
                     del values[name]
     return {k: v.data for k, v in values.items() if keep_all or k in model.outputs}
@@ -338,23 +469,50 @@ def _run(model: Model, x: np.ndarray, keep_all: bool = False) -> dict[str, np.nd
 
 # ----------------------------------------------------------------------------------- figures
 
+def weight_arrays(model: Model) -> list[np.ndarray]:
+    """Every distinct weight array, in node order: a shared layer's arrays count once."""
+    seen, arrays = set(), []
+    for n in model.nodes:
+        for key in sorted(n.weights):
+            if id(n.weights[key]) not in seen:
+                seen.add(id(n.weights[key]))
+                arrays.append(n.weights[key])
+    return arrays
+
+
 def stats(model: Model) -> dict[str, int]:
     """Parameters, weight bytes, multiply-adds and peak activation bytes per sample."""
-    params = sum(int(a.size) for n in model.nodes for a in n.weights.values())
+    params = sum(int(a.size) for a in weight_arrays(model))
     macs = sum(OPS[n.op].macs(n.input_shape, n.output_shape) for n in model.nodes)
-    sizes = [prod(model.input_shape)] + [prod(n.output_shape) for n in model.nodes]
-    # An op reads one buffer and writes another, so the peak is the largest adjacent pair.
-    peak = max([a + b for a, b in zip(sizes, sizes[1:])] or sizes)
+    sizes = {name: prod(shape) for name, shape in model.inputs}
+    last = {name: len(model.nodes) if name in model.outputs else -1 for name in sizes}
+    for i, n in enumerate(model.nodes):
+        sizes[n.name] = prod(n.output_shape)
+        last[n.name] = len(model.nodes) if n.name in model.outputs else i
+        for src in n.inputs:
+            last[src] = max(last[src], i)
+    # While a node runs, what it reads and writes and all that is read later is held: for a
+    # chain, the largest adjacent pair.
+    peak = sum(sizes[name] for name, _ in model.inputs)
+    live = set(model.input_names)
+    for i, n in enumerate(model.nodes):
+        live.add(n.name)
+        peak = max(peak, sum(sizes[k] for k in live))
+        live = {k for k in live if last[k] > i}
     return {"parameters": params, "weight_bytes": 4 * params, "macs": macs,
-            "peak_activation_bytes": 4 * peak, "largest_activation": max(sizes)}
+            "peak_activation_bytes": 4 * peak, "largest_activation": max(sizes.values())}
 
 
 def model_hash(model: Model) -> str:
     """sha256 of what the model computes (graph and weight bits), not of its name or metadata."""
     h = hashlib.sha256()
-    graph = [[n.op, n.attrs, list(n.input_shape), list(n.inputs), sorted(n.weights)]
+    graph = [[n.op, n.attrs, list(n.input_shape) if len(n.inputs) == 1 else
+              [list(s) for s in n.input_shapes], list(n.inputs), sorted(n.weights)]
              for n in model.nodes]
-    h.update(json.dumps([list(model.input_shape), graph], sort_keys=True).encode())
+    doc: list[Any] = [list(model.input_shape), graph]
+    if len(model.inputs) > 1 or len(model.outputs) > 1:  # one-in one-out hashes as in format 1
+        doc.append([[[name, list(shape)] for name, shape in model.inputs], list(model.outputs)])
+    h.update(json.dumps(doc, sort_keys=True).encode())
     for n in model.nodes:
         for key in sorted(n.weights):
             h.update(np.ascontiguousarray(n.weights[key], dtype="<f4").tobytes())
@@ -364,13 +522,20 @@ def model_hash(model: Model) -> str:
 # ------------------------------------------------------------------------------ save and load
 
 def to_json(model: Model) -> dict[str, Any]:
-    """The `model.json` document: everything but the weight values."""
+    """The `model.json` document: everything but the weight values. A weight array that
+    several nodes share (a shared layer) is stored once, in the first node's file, and the
+    others name that file."""
+    files: dict[int, str] = {}
+    for n in model.nodes:
+        for k, a in sorted(n.weights.items()):
+            files.setdefault(id(a), f"weights/{n.name}/{k}.npy")
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "distill_version": __version__,
         "name": model.name,
-        "input": {"name": INPUT, "shape": list(model.input_shape), "dtype": model.input_dtype},
+        "inputs": [{"name": name, "shape": list(shape), "dtype": model.input_dtype}
+                   for name, shape in model.inputs],
         "outputs": list(model.outputs),
         "labels": list(model.labels) if model.labels is not None else None,
         "metadata": dict(model.metadata),
@@ -379,10 +544,9 @@ def to_json(model: Model) -> dict[str, Any]:
             "op": n.op,
             "inputs": list(n.inputs),
             "attrs": dict(n.attrs),
-            "input_shape": list(n.input_shape),
+            "input_shapes": [list(s) for s in n.input_shapes],
             "output_shape": list(n.output_shape),
-            "weights": {k: {"shape": list(a.shape), "dtype": "float32",
-                            "file": f"weights/{n.name}/{k}.npy"}
+            "weights": {k: {"shape": list(a.shape), "dtype": "float32", "file": files[id(a)]}
                         for k, a in sorted(n.weights.items())},
         } for n in model.nodes],
     }
@@ -502,8 +666,10 @@ def _zip_info(name: str) -> zipfile.ZipInfo:
 def save(model: Model, path: str | os.PathLike) -> None:
     validate(model)
     doc = to_json(model)
-    arrays = {w["file"]: model.node(nd["name"]).weights[k]
-              for nd in doc["nodes"] for k, w in nd["weights"].items()}
+    arrays = {}
+    for nd, node in zip(doc["nodes"], model.nodes):
+        for k, w in nd["weights"].items():
+            arrays.setdefault(w["file"], node.weights[k])
     atomic_write(path, archive_bytes(doc, arrays))
 
 
@@ -618,12 +784,24 @@ def _from_json(doc: dict[str, Any], z: zipfile.ZipFile) -> Model:
         raise ModelFormatError("not a distill model file (no 'format': 'distill-ir')")
     version = doc.get("format_version")
     # `True == 1` and `1.0 == 1` in Python, but neither is the version number this reads.
-    if not isinstance(version, int) or isinstance(version, bool) or version != FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version not in (1, 2):
         raise ModelFormatError(f"format version {_show(version)} is not supported; this "
-                               f"distill reads version {FORMAT_VERSION}")
+                               f"distill reads versions 1 and {FORMAT_VERSION}")
     name = _field(doc, "name", str, "model")
-    inp = _field(doc, "input", dict, "model")
-    _check_shape(inp.get("shape"), "model input")
+    if version == 1:  # one input, named "input"; each node one input_shape
+        inputs_doc = [{**_field(doc, "input", dict, "model"), "name": INPUT}]
+    else:
+        inputs_doc = _field(doc, "inputs", list, "model")
+    inputs, dtypes = [], set()
+    for i, spec in enumerate(inputs_doc):
+        if not isinstance(spec, dict):
+            raise ModelFormatError(f"input #{i} is not an object")
+        _check_shape(spec.get("shape"), f"input #{i}")
+        inputs.append((spec.get("name"), tuple(spec["shape"])))
+        dtypes.add(spec.get("dtype", "float32"))
+    if len(dtypes) > 1:
+        raise ModelFormatError(f"inputs of several dtypes ({_show(sorted(map(str, dtypes)))}); "
+                               "expected float32")
     nodes_doc = _field(doc, "nodes", list, "model")
     outputs = _field(doc, "outputs", list, "model")
     labels = doc.get("labels")
@@ -634,13 +812,13 @@ def _from_json(doc: dict[str, Any], z: zipfile.ZipFile) -> Model:
         raise ModelFormatError("'metadata' must be an object")
     # Names first, before any weight is read: N nodes with one name would read one entry N
     # times, so a small file could ask for many times its size in memory.
-    names: set[str] = set()
+    names: set[str] = {n for n, _ in inputs if isinstance(n, str)}
     for i, nd in enumerate(nodes_doc):
         if not isinstance(nd, dict):
             raise ModelFormatError(f"node #{i} is not an object")
         _check_node_name(_field(nd, "name", str, f"node #{i}"), names)  # rejects INPUT too
         names.add(nd["name"])
-    nodes = []
+    nodes, read = [], {}  # read: file -> array, each file read once (a shared layer's)
     for nd in nodes_doc:
         node_name = nd["name"]
         where = f"node {_show(node_name)}"
@@ -648,9 +826,15 @@ def _from_json(doc: dict[str, Any], z: zipfile.ZipFile) -> Model:
         _opdef(op_name, node_name)
         weights_doc = _field(nd, "weights", dict, where)
         attrs = _field(nd, "attrs", dict, where)
-        inputs = _field(nd, "inputs", list, where)
-        in_shape, out_shape = nd.get("input_shape"), nd.get("output_shape")
-        _check_shape(in_shape, f"{where} input_shape")
+        node_inputs = _field(nd, "inputs", list, where)
+        if version == 1:
+            in_shapes = [nd.get("input_shape")]
+        else:
+            in_shapes = _field(nd, "input_shapes", list, where)
+        for k, shape in enumerate(in_shapes):
+            _check_shape(shape, f"{where} input_shapes[{k}]" if version > 1
+                         else f"{where} input_shape")
+        out_shape = nd.get("output_shape")
         _check_shape(out_shape, f"{where} output_shape")
         weights = {}
         for key, spec in weights_doc.items():
@@ -661,13 +845,22 @@ def _from_json(doc: dict[str, Any], z: zipfile.ZipFile) -> Model:
             _check_shape(shape, f"{where} weight {_show(key)}")
             if spec.get("dtype") != "float32":
                 raise ModelFormatError(f"{where}: weight {_show(key)} must be float32")
-            weights[key] = read_array(z, f"weights/{node_name}/{key}.npy", tuple(shape),
-                                      f"{where} weight {_show(key)}")
-        nodes.append(Node(node_name, op_name, attrs, weights, tuple(inputs), tuple(in_shape),
-                          tuple(out_shape)))
-    model = Model(name, tuple(inp["shape"]), tuple(nodes), tuple(outputs),
-                  tuple(labels) if labels is not None else None, metadata,
-                  inp.get("dtype", "float32"))
+            own = f"weights/{node_name}/{key}.npy"
+            file = own if version == 1 else spec.get("file", own)
+            if file != own and file not in read:
+                raise ModelFormatError(f"{where}: weight {_show(key)} names {_show(file)}, "
+                                       "which is neither its own file nor an earlier node's")
+            if file not in read:
+                read[file] = read_array(z, file, tuple(shape), f"{where} weight {_show(key)}")
+            elif read[file].shape != tuple(shape):
+                raise ModelFormatError(f"{where}: weight {_show(key)} is {_show(tuple(shape))} "
+                                       f"but {_clip(file)} holds {read[file].shape}")
+            weights[key] = read[file]
+        nodes.append(Node(node_name, op_name, attrs, weights, tuple(node_inputs),
+                          tuple(tuple(s) for s in in_shapes), tuple(out_shape)))
+    model = Model(name, tuple(inputs), tuple(nodes), tuple(outputs),
+                  tuple(labels) if labels is not None else None, metadata, dtypes.pop()
+                  if dtypes else "float32")
     validate(model)
     return model
 

@@ -6,8 +6,11 @@ on constants, so there is one definition of what each op computes. Exporters emi
 computes the same thing; the emitted code is verified against `ir.run`, i.e. against this file.
 
 An op is registered with `@op(name, weights=..., attrs=...)` on its forward function
-`forward(x, attrs, weights) -> Tensor`, plus a shape rule. Adding a layer starts here: one
-function, then one template per text language (`templates/<lang>/ops/<op>.j2`).
+`forward(x, attrs, weights) -> Tensor`, plus a shape rule. An op that takes several inputs (a
+merge) says `arity=` (2, or MANY for two or more) and gets a list of tensors and a list of
+shapes instead. Adding a layer starts here: one function, then one template per text language
+(`templates/<lang>/ops/<op>.j2`). `forward` and `output_shape` below are how everything else
+calls an op, whatever its arity.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from math import prod
 from typing import Any
+
+import numpy as np
 
 from . import autodiff as ad
 
@@ -32,6 +37,10 @@ class OpDef:
     attrs: Mapping[str, type] = field(default_factory=dict)  # allowed attributes and their types
     macs: Callable[[Shape, Shape], int] = lambda i, o: 0  # multiply-adds per sample
     doc: str = ""
+    arity: int = 1  # inputs it takes: 1, 2, ... or MANY (two or more)
+
+
+MANY = 0  # the arity of a merge that takes any number of inputs from two on
 
 
 OPS: dict[str, OpDef] = {}
@@ -39,7 +48,7 @@ OPS: dict[str, OpDef] = {}
 
 def op(name: str, *, shape: Callable | None = None, weights: tuple[str, ...] = (),
        optional_weights: tuple[str, ...] = (), attrs: Mapping[str, type] | None = None,
-       macs: Callable[[Shape, Shape], int] | None = None) -> Callable:
+       macs: Callable[[Shape, Shape], int] | None = None, arity: int = 1) -> Callable:
     """Register `forward` as the op `name`. Without `shape` the op keeps its input's shape."""
     def register(forward: Callable) -> Callable:
         OPS[name] = OpDef(name=name, forward=forward,
@@ -47,9 +56,29 @@ def op(name: str, *, shape: Callable | None = None, weights: tuple[str, ...] = (
                           weights=weights, optional_weights=optional_weights,
                           attrs=dict(attrs or {}),
                           macs=macs or (lambda i, o: 0),
-                          doc=(forward.__doc__ or "").strip())
+                          doc=(forward.__doc__ or "").strip(), arity=arity)
         return forward
     return register
+
+
+def takes(opdef: OpDef, count: int) -> bool:
+    """Whether `opdef` takes `count` inputs."""
+    return count >= 2 if opdef.arity == MANY else count == opdef.arity
+
+
+def forward(opdef: OpDef, xs: list, attrs: Mapping[str, Any], weights: Mapping[str, Any]):
+    """The op's output for its inputs `xs` (one tensor per input, in order)."""
+    return opdef.forward(xs[0] if opdef.arity == 1 else list(xs), attrs, weights)
+
+
+def output_shape(opdef: OpDef, shapes: list[Shape], attrs: Mapping[str, Any],
+                 weights: Mapping[str, Any]) -> Shape:
+    """The op's per-sample output shape for inputs of `shapes`; ValueError if they do not fit."""
+    if not takes(opdef, len(shapes)):
+        want = "two or more" if opdef.arity == MANY else str(opdef.arity)
+        raise ValueError(f"takes {want} inputs, not {len(shapes)}")
+    out = opdef.out_shape(shapes[0] if opdef.arity == 1 else list(shapes), attrs, weights)
+    return tuple(int(d) for d in out)
 
 
 # ------------------------------------------------------------------------------------ the ops
@@ -143,5 +172,80 @@ def flatten(x, attrs, w):
     """Per-sample flatten to one axis, row-major (C order)."""
     return ad.reshape(x, (x.shape[0], -1))
 
+
+# ------------------------------------------------------------------------------------- merges
+# Keras's merge layers. Inputs are combined left to right, x0 op x1 op x2 ..., one rounding
+# per operation, which is the order every target follows.
+
+def _same_shapes(shapes: list[Shape], attrs, w) -> Shape:
+    for s in shapes[1:]:
+        if tuple(s) != tuple(shapes[0]):
+            raise ValueError(f"inputs of shapes {', '.join(map(str, shapes))} differ; a merge "
+                             "takes inputs of one shape")
+    return tuple(shapes[0])
+
+
+def _fold(xs: list, combine: Callable):
+    out = xs[0]
+    for x in xs[1:]:
+        out = combine(out, x)
+    return out
+
+
+@op("add", shape=_same_shapes, arity=MANY)
+def add(xs, attrs, w):
+    """y = x0 + x1 + ..., left to right."""
+    return _fold(xs, ad.add)
+
+
+@op("subtract", shape=_same_shapes, arity=2)
+def subtract(xs, attrs, w):
+    """y = x0 - x1."""
+    return ad.sub(xs[0], xs[1])
+
+
+@op("multiply", shape=_same_shapes, arity=MANY)
+def multiply(xs, attrs, w):
+    """y = x0 * x1 * ..., left to right."""
+    return _fold(xs, ad.mul)
+
+
+@op("average", shape=_same_shapes, arity=MANY)
+def average(xs, attrs, w):
+    """y = (x0 + x1 + ...) / n: the sum left to right, then one division (as Keras does)."""
+    return ad.div(_fold(xs, ad.add), ad.constant(np.float32(len(xs))))
+
+
+@op("maximum", shape=_same_shapes, arity=MANY)
+def maximum(xs, attrs, w):
+    """y = max(max(x0, x1), x2) ...: NaN if any input is NaN; of equal values, the later."""
+    return _fold(xs, ad.maximum)
+
+
+@op("minimum", shape=_same_shapes, arity=MANY)
+def minimum(xs, attrs, w):
+    """y = min(min(x0, x1), x2) ...: NaN if any input is NaN; of equal values, the later."""
+    return _fold(xs, ad.minimum)
+
+
+def _concatenate_shape(shapes: list[Shape], attrs, w) -> Shape:
+    axis, rank = attrs["axis"], len(shapes[0])
+    if not 0 <= axis < rank:
+        raise ValueError(f"axis {axis} is outside the inputs' {rank} axes (0 to {rank - 1}, "
+                         "not counting the batch axis)")
+    for s in shapes:
+        if len(s) != rank or s[:axis] != shapes[0][:axis] or s[axis + 1:] != shapes[0][axis + 1:]:
+            raise ValueError(f"inputs of shapes {', '.join(map(str, shapes))} differ on an "
+                             f"axis other than {axis}")
+    return (*shapes[0][:axis], sum(s[axis] for s in shapes), *shapes[0][axis + 1:])
+
+
+@op("concatenate", shape=_concatenate_shape, attrs={"axis": int}, arity=MANY)
+def concatenate(xs, attrs, w):
+    """The inputs joined along per-sample axis `axis` (0 is the first axis after the batch)."""
+    return ad.concatenate(xs, axis=attrs["axis"] + 1)
+
+
+MERGES = ("add", "subtract", "multiply", "average", "maximum", "minimum", "concatenate")
 
 ACTIVATIONS = ("linear", "sigmoid", "tanh", "relu", "leaky_relu", "softmax")

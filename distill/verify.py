@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from math import prod
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +102,13 @@ def check_onnx(model: ir.Model, path: Path, samples: int) -> Result:
         want = ir.run(model, x).astype(np.float32)
     keep = np.isfinite(want.reshape(len(x), -1)).all(axis=1)
     x, want = x[keep], want[keep]
-    got = session.run(None, {"input": x})[0]
+    # the graph takes each input on its own and gives each output on its own: pack them
+    cuts = np.cumsum([prod(shape) for shape in model.input_shapes])[:-1]
+    feed = {name: part.reshape(len(x), *shape) for (name, shape), part in
+            zip(model.inputs, np.split(x.reshape(len(x), -1), cuts, axis=1))}
+    outs = session.run(None, feed)
+    got = outs[0] if len(outs) == 1 else \
+        np.concatenate([o.reshape(len(x), -1) for o in outs], axis=1)
     return compare("onnx", got, want)
 
 

@@ -55,3 +55,40 @@ def load_module(path: Path, name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def graph_models(rng):
+    """DAGs: every merge, a shared layer, several inputs and outputs (one output twice, one
+    an intermediate), residual connections, and a model whose outputs are its inputs."""
+    from distill import ir
+    def r(*shape):
+        return rng.normal(size=shape).astype(np.float32)
+    shared = {"kernel": r(4, 4), "bias": r(4)}
+    return [
+        ir.make_model("graph", {"a": (2, 4), "b": (2, 4), "c": (3, 4)}, [
+            ("da", "dense", {}, shared, "a"),
+            ("db", "dense", {}, shared, "b"),  # a shared layer: one kernel for both
+            ("sum", "add", {}, {}, ["da", "db", "a"]),
+            ("diff", "subtract", {}, {}, ["sum", "b"]),
+            ("prod", "multiply", {}, {}, ["diff", "da"]),
+            ("mean", "average", {}, {}, ["prod", "db", "sum"]),
+            ("hi", "maximum", {}, {}, ["mean", "a"]),
+            ("lo", "minimum", {}, {}, ["hi", "b", "diff"]),
+            ("t", "tanh", {}, {}, "lo"),
+            ("rows", "concatenate", {"axis": 0}, {}, ["t", "c"]),
+            ("cols", "concatenate", {"axis": 1}, {}, ["lo", "a", "t"]),
+            ("flat", "flatten", {}, {}, "cols"),
+            ("head", "dense", {}, {"kernel": r(24, 3)}, "flat"),
+            ("sm", "softmax", {}, {}, "head"),
+        ], outputs=["sm", "rows", "da", "sm"]),
+        ir.make_model("residual", (6,), [
+            ("d1", "dense", {}, {"kernel": r(6, 6), "bias": r(6)}),
+            ("r1", "relu", {}, {}),
+            ("skip", "add", {}, {}, ["r1", "input"]),
+            ("d2", "dense", {}, {"kernel": r(6, 6)}),
+            ("skip2", "add", {}, {}, ["d2", "skip", "input"]),
+            ("s", "sigmoid", {}, {}),
+        ]),
+        ir.make_model("passthrough", {"p": (3,), "q": (2, 2)}, [
+            ("f", "flatten", {}, {}, "q")], outputs=["f", "p", "q"]),
+    ]

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, WORKLOADS, load_module
+from conftest import ROOT, WORKLOADS, graph_models, load_module
 
 import distill
-from distill import codegen, ir
+from distill import codegen, ir, ops
 from distill.codegen.onnx import LOWERINGS
 from distill.ops import OPS
 from distill.verify import verify
@@ -68,6 +68,7 @@ def every_op_models():
         ], labels=["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o",
                    "p", "q", "r", "s", "t"]),
         ir.make_model("identity", (3,), [("f", "flatten", {}, {})]),
+        *graph_models(rng),
     ]
 
 
@@ -714,3 +715,50 @@ def test_c_batch_equals_single_sample_bit_for_bit(flags, tmp_path):
         assert build.returncode == 0, build.stderr
         run = subprocess.run(["./t"], cwd=folder, capture_output=True, text=True)
         assert run.returncode == 0 and "PASS" in run.stdout, run.stdout + run.stderr
+
+
+def test_the_workspace_is_planned_by_liveness():
+    """Slots are reused once their value's last reader has run, elementwise ops and merges
+    write over an input nothing reads later, and an output is computed in place."""
+    rng = np.random.default_rng(3)
+    chain = ir.make_model("chain", (4,), [
+        (f"d{k}", "dense", {}, {"kernel": rng.normal(size=(4, 4)).astype(np.float32)})
+        for k in range(5)])
+    steps, buffers = codegen.plan(chain)
+    assert [s["dst"] for s in steps] == ["ws0", "ws1", "ws0", "ws1", "output"]
+    assert codegen.workspace_floats(chain) == 8
+    residual = {m.name: m for m in graph_models(np.random.default_rng(0))}["residual"]
+    steps, buffers = codegen.plan(residual)
+    assert [(s["op"], s["dst"]) for s in steps] == [
+        ("dense", "ws0"), ("relu", "ws0"), ("add", "ws0"), ("dense", "ws1"), ("add", "ws1"),
+        ("sigmoid", "output")]
+    assert codegen.workspace_floats(residual) == 12
+    text = codegen.render(residual, "c")["residual.h"].decode()
+    assert "#define RESIDUAL_WORKSPACE_SIZE 12\n" in text
+
+
+def test_merges_give_the_reference_bits_in_c_and_go(tmp_path):
+    """Every merge, each output on its own, on the special values: sums and products left to
+    right, NaN from any input, and of equal values (+0.0 and -0.0) the later, as NumPy's
+    maximum and minimum give them."""
+    n = 5
+    merges = [m for m in ops.MERGES if m != "concatenate"]
+    model = ir.make_model("merges", {"a": (n,), "b": (n,), "c": (n,)}, [
+        *[(m, m, {}, {}, ["a", "b"] if m == "subtract" else ["a", "b", "c"]) for m in merges],
+        ("cat", "concatenate", {"axis": 0}, {}, ["c", "a"]),
+    ], outputs=[*merges, "cat"])
+    specials = np.array(SPECIALS, np.float32)
+    # every ordered pair of specials in (a, b), c from the specials too, each repeated n times
+    a, b = (v.reshape(-1) for v in np.meshgrid(specials, specials))
+    x = np.repeat(np.stack([a, b, np.roll(a, 3)], axis=1), n, axis=1)
+    x[:len(x) // 2, [0, n, 2 * n]] = [[-0.0, 0.0, -0.0]]  # equal values of both signs
+    x[len(x) // 2:, [1, n + 1, 2 * n + 1]] = [[0.0, -0.0, 0.0]]
+    with np.errstate(all="ignore"):
+        want = distill.run(model, x).reshape(-1)
+    want_bits = [f"{v:08x}" for v in want.view(np.uint32)]
+    nan = np.isnan(want)
+    for got in c_and_go_bits(model, x, tmp_path / "m", ""):
+        assert [g for g, isnan in zip(got, nan) if not isnan] == \
+            [w for w, isnan in zip(want_bits, nan) if not isnan]
+        assert all(np.isnan(np.uint32(int(g, 16)).view(np.float32))
+                   for g, isnan in zip(got, nan) if isnan)

@@ -111,13 +111,13 @@ def test_not_model_files(tmp_path, make, match):
 
 
 @pytest.mark.parametrize("edit, match", [
-    (lambda d: {**d, "format_version": 2}, "format version 2 is not supported"),
+    (lambda d: {**d, "format_version": 3}, "format version 3 is not supported"),
     (lambda d: {**d, "format_version": "1"}, "format version '1'"),
     (lambda d: {**d, "format": "onnx"}, "not a distill model file"),
     (lambda d: {**d, "nodes": [{**d["nodes"][0], "op": "conv2d"}] + d["nodes"][1:]},
      "unknown op 'conv2d'"),
-    (lambda d: {**d, "input": {**d["input"], "shape": [10 ** 12]}}, "bad shape"),
-    (lambda d: {**d, "input": {**d["input"], "dtype": "float64"}}, "float64"),
+    (lambda d: {**d, "inputs": [{**d["inputs"][0], "shape": [10 ** 12]}]}, "bad shape"),
+    (lambda d: {**d, "inputs": [{**d["inputs"][0], "dtype": "float64"}]}, "float64"),
     (lambda d: {**d, "labels": ["a"]}, "1 labels for 3 outputs"),
     (lambda d: {**d, "labels": ["a\ud800", "b", "c"]}, "label #0 is not valid Unicode"),
     (lambda d: {**d, "metadata": {**d["metadata"], "samples": [[1, 2]]}},

@@ -289,8 +289,8 @@ def export_model(seed: int) -> ir.Model:
     nodes = tuple(ir.Node(n.name, n.op, n.attrs,
                           {k: (v + rng.normal(size=v.shape).astype(np.float32)
                                if k != "std" else v) for k, v in n.weights.items()},
-                          n.inputs, n.input_shape, n.output_shape) for n in model.nodes)
-    return ir.Model(model.name, model.input_shape, nodes, model.outputs, model.labels,
+                          n.inputs, n.input_shapes, n.output_shape) for n in model.nodes)
+    return ir.Model(model.name, model.inputs, nodes, model.outputs, model.labels,
                     dict(model.metadata))
 
 

@@ -83,7 +83,7 @@ def hostile_model(name: str = MODEL_NAME, labels=LABELS) -> ir.Model:
 
 def twin(model: ir.Model, labels: list[str]) -> ir.Model:
     """The same model with other labels (and the IR's sanitized names, which it already has)."""
-    return ir.Model(model.name, model.input_shape, model.nodes, model.outputs, tuple(labels),
+    return ir.Model(model.name, model.inputs, model.nodes, model.outputs, tuple(labels),
                     dict(model.metadata))
 
 
@@ -274,7 +274,7 @@ def test_no_model_name_becomes_a_standard_library_module():
     for names, lang, taken in ((sys.stdlib_module_names, "numpy", sys.stdlib_module_names),
                                (go_std, "go", go_std)):
         for raw in sorted(names):
-            model = ir.Model(ir.sanitize_name(raw), (1,), (), ("input",))
+            model = ir.Model(ir.sanitize_name(raw), (("input", (1,)),), (), ("input",))
             assert codegen.export_name(model, targets[lang], None) not in taken, (lang, raw)
 
 

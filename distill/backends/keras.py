@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import ir
+from .. import ir, ops
 from ..errors import DistillError, ModelFormatError
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -53,7 +53,10 @@ ACTIVATIONS = {"linear": None, "relu": "relu", "sigmoid": "sigmoid", "tanh": "ta
                "softmax": "softmax", "leaky_relu": "leaky_relu"}
 DROPPED = {"InputLayer", "Dropout", "AlphaDropout", "GaussianDropout", "GaussianNoise",
            "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "ActivityRegularization"}
-CONVERTERS: dict[str, Callable[[Any], list[Spec]]] = {}
+# A converter takes the layer and the per-sample shapes of the inputs of the call being
+# converted (None where they are not known: a subclassed model's layers), and returns the
+# layer's nodes as a chain: the first takes the call's inputs.
+CONVERTERS: dict[str, Callable[[Any, list | None], list[Spec]]] = {}
 
 
 def converter(*class_names: str) -> Callable:
@@ -84,7 +87,7 @@ def _activation(name: Any, layer_name: str) -> list[Spec]:
 
 
 @converter("Dense")
-def _dense(layer) -> list[Spec]:
+def _dense(layer, shapes) -> list[Spec]:
     config = layer.get_config()
     if getattr(layer, "lora_enabled", False):
         raise Unsupported("Dense with LoRA enabled (merge the LoRA weights first)")
@@ -96,14 +99,14 @@ def _dense(layer) -> list[Spec]:
 
 
 @converter("Activation")
-def _activation_layer(layer) -> list[Spec]:
+def _activation_layer(layer, shapes) -> list[Spec]:
     specs = _activation(layer.get_config()["activation"], layer.name)
     return [(layer.name, op, attrs, w) for _, op, attrs, w in specs] or [
         (layer.name, "linear", {}, {})]
 
 
 @converter("ReLU")
-def _relu(layer) -> list[Spec]:
+def _relu(layer, shapes) -> list[Spec]:
     config = layer.get_config()
     if config.get("max_value") is not None:
         raise Unsupported(f"ReLU max_value={config['max_value']} (a capped ReLU)")
@@ -116,7 +119,7 @@ def _relu(layer) -> list[Spec]:
 
 
 @converter("LeakyReLU")
-def _leaky_relu(layer) -> list[Spec]:
+def _leaky_relu(layer, shapes) -> list[Spec]:
     config = layer.get_config()
     slope = config.get("negative_slope", config.get("alpha"))
     if slope is None:
@@ -125,29 +128,30 @@ def _leaky_relu(layer) -> list[Spec]:
 
 
 @converter("Softmax")
-def _softmax(layer) -> list[Spec]:
+def _softmax(layer, shapes) -> list[Spec]:
     axis = layer.get_config().get("axis", -1)
     axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
-    rank = len(layer.input.shape) if _has_input(layer) else None
+    rank = len(shapes[0]) + 1 if shapes else len(layer.input.shape) if _has_input(layer) \
+        else None
     if axis != -1 and (rank is None or axis != rank - 1):
         raise Unsupported(f"Softmax over axis {axis} (only the last axis)")
     return [(layer.name, "softmax", {}, {})]
 
 
 @converter("Flatten")
-def _flatten(layer) -> list[Spec]:
+def _flatten(layer, shapes) -> list[Spec]:
     if layer.get_config().get("data_format", "channels_last") == "channels_first":
         raise Unsupported("Flatten with data_format='channels_first'")
     return [(layer.name, "flatten", {}, {})]
 
 
 @converter("Reshape")
-def _reshape(layer) -> list[Spec]:
+def _reshape(layer, shapes) -> list[Spec]:
     return [(layer.name, "reshape", {"shape": [int(d) for d in layer.target_shape]}, {})]
 
 
 @converter("Normalization")
-def _normalization(layer) -> list[Spec]:
+def _normalization(layer, shapes) -> list[Spec]:
     config = layer.get_config()
     if config.get("invert"):
         raise Unsupported("Normalization with invert=True")
@@ -166,6 +170,26 @@ def _normalization(layer) -> list[Spec]:
     return [(layer.name, "normalize", {}, {"mean": mean, "std": std.astype(np.float32)})]
 
 
+MERGES = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply", "Average": "average",
+          "Maximum": "maximum", "Minimum": "minimum"}
+
+
+@converter(*MERGES)
+def _merge(layer, shapes) -> list[Spec]:
+    return [(layer.name, MERGES[type(layer).__name__], {}, {})]
+
+
+@converter("Concatenate")
+def _concatenate(layer, shapes) -> list[Spec]:
+    axis = int(layer.get_config().get("axis", -1))
+    if shapes is None:
+        raise Unsupported("Concatenate outside a functional model")
+    rank = len(shapes[0])
+    if axis == 0 or not -rank <= axis <= rank:
+        raise Unsupported(f"Concatenate on axis {axis} (the batch axis, or outside the inputs)")
+    return [(layer.name, "concatenate", {"axis": axis - 1 if axis > 0 else rank + axis}, {})]
+
+
 def _has_input(layer) -> bool:
     try:
         layer.input  # noqa: B018
@@ -177,25 +201,11 @@ def _has_input(layer) -> bool:
 # ------------------------------------------------------------------------------ the walkers
 
 def _chain_layers(model) -> list:
-    """The model's layers in the order data flows through them, or DistillError."""
+    """The layers of a model that is not a graph (a subclassed one, or an unbuilt
+    Sequential), in the order data flows through them, or DistillError."""
     import keras
     if isinstance(model, keras.Sequential):
         return list(model.layers)
-    if isinstance(model, keras.Model) and getattr(model, "_is_graph_network", False) or \
-            type(model).__name__ == "Functional":
-        layers = [lay for lay in model.layers if type(lay).__name__ != "InputLayer"]
-        previous = None
-        for layer in layers:
-            inbound = layer.input
-            if isinstance(inbound, (list, tuple)):
-                raise DistillError(f"layer {layer.name!r} takes {len(inbound)} inputs; distill "
-                                   "imports chains of single-input layers")
-            source = inbound._keras_history.operation
-            if previous is not None and source is not previous:
-                raise DistillError(f"layer {layer.name!r} does not take the previous layer's "
-                                   f"output; distill imports chains of layers")
-            previous = layer
-        return layers
     return _observed_chain(model)
 
 
@@ -245,53 +255,168 @@ def _input_shape(model) -> tuple[int, ...]:
     return tuple(int(d) for d in shape[1:])
 
 
-def import_keras(model, name: str | None = None, metadata: dict | None = None,
-                 check: bool = True) -> ir.Model:
-    """Convert an in-memory Keras model to the IR and check it against `model.predict`."""
-    layers = _chain_layers(model)
-    input_shape = _input_shape(model)
-    specs, problems = [], []
-    for layer in layers:
+class _Graph:
+    """A Keras functional graph read into `ir.make_model`'s terms: inputs, layers with their
+    wiring, outputs. Nested models are inlined (their layers named `outer/inner`); a layer
+    called several times (a shared layer) gives one node per call, sharing its weight arrays."""
+
+    def __init__(self) -> None:
+        self.specs: list[tuple] = []
+        self.problems: list[str] = []
+        self.taken: set[str] = set()
+        self.converted: dict[int, list[Spec]] = {}  # id(layer) -> its nodes, converted once
+
+    def unique(self, base: str) -> str:
+        name, i = base, 2
+        while name in self.taken:
+            name, i = f"{base}_{i}", i + 1
+        self.taken.add(name)
+        return name
+
+    def walk(self, model, sources: list[str], prefix: str = "") -> list[str]:
+        """The names of `model`'s outputs, its inputs being the values named `sources`."""
+        names = {id(t): src for t, src in zip(model.inputs, sources)}
+        stack = list(reversed(model.outputs))  # first things first: the order of a forward pass
+        while stack:
+            t = stack[-1]
+            if id(t) in names:
+                stack.pop()
+                continue
+            op, index, _ = t._keras_history
+            call = op._inbound_nodes[index]
+            pending = [u for u in call.input_tensors if id(u) not in names]
+            if type(op).__name__ == "InputLayer" or (not call.input_tensors and not pending):
+                self.problems.append(f"input {op.name!r} of {model.name!r} is not among its "
+                                     "inputs")
+                names[id(t)] = sources[0]
+                continue
+            if pending:
+                stack.extend(reversed(pending))
+                continue
+            stack.pop()
+            outputs = self.call(op, call, [names[id(u)] for u in call.input_tensors], prefix)
+            for k, out in enumerate(call.output_tensors):
+                names[id(out)] = outputs[min(k, len(outputs) - 1)]
+        return [names[id(t)] for t in model.outputs]
+
+    def call(self, layer, call, inputs: list[str], prefix: str) -> list[str]:
+        """Add the nodes of one call of `layer`; the names of its outputs."""
+        import keras
         kind = type(layer).__name__
+        if isinstance(layer, keras.Model) and _is_graph(layer):
+            return self.walk(layer, inputs, f"{prefix}{layer.name}/")
+        if len(call.output_tensors) != 1:
+            self.problems.append(f"layer {layer.name!r} ({kind}) gives "
+                                 f"{len(call.output_tensors)} outputs")
+            return inputs[:1]
         if kind in DROPPED:
-            continue
+            return inputs[:1]
         convert = CONVERTERS.get(kind)
         if convert is None:
-            problems.append(f"layer {layer.name!r} ({kind}) is not supported")
-            continue
-        try:
-            specs += convert(layer)
-        except Unsupported as e:
-            problems.append(f"layer {layer.name!r} ({kind}): {e} is not supported")
-    if problems:
-        raise DistillError("cannot import the Keras model: " + "; ".join(problems)
+            self.problems.append(f"layer {layer.name!r} ({kind}) is not supported")
+            return inputs[:1]
+        if id(layer) not in self.converted:
+            shapes = None if None in call.input_tensors else \
+                [tuple(int(d) for d in u.shape[1:]) for u in call.input_tensors]
+            try:
+                self.converted[id(layer)] = convert(layer, shapes)
+            except Unsupported as e:
+                self.problems.append(f"layer {layer.name!r} ({kind}): {e} is not supported")
+                self.converted[id(layer)] = []
+        specs = self.converted[id(layer)]
+        if not specs:
+            return inputs[:1]
+        if len(inputs) != 1 and specs[0][1] not in ops.MERGES:
+            self.problems.append(f"layer {layer.name!r} ({kind}) takes {len(inputs)} inputs")
+            return inputs[:1]
+        wiring: Any = inputs
+        for raw, op_name, attrs, weights in specs:
+            name = self.unique(prefix + raw)
+            self.specs.append((name, op_name, attrs, weights, wiring))
+            wiring = [name]
+        return wiring
+
+
+def _graph(model) -> tuple[dict[str, tuple[int, ...]], _Graph, list[str]]:
+    """The inputs (name: per-sample shape), nodes and outputs of a functional or Sequential
+    model."""
+    graph = _Graph()
+    inputs = {}
+    for t in model.inputs:
+        shape = tuple(t.shape[1:])
+        if any(d is None for d in shape):
+            raise DistillError(f"model {model.name!r} has an input of unknown size "
+                               f"{tuple(t.shape)}")
+        inputs[graph.unique(t._keras_history[0].name)] = tuple(int(d) for d in shape)
+    outputs = graph.walk(model, list(inputs))
+    return inputs, graph, outputs
+
+
+def _is_graph(model) -> bool:
+    try:
+        return bool(model.inputs) and bool(model.outputs)
+    except (AttributeError, ValueError):
+        return False
+
+
+def import_keras(model, name: str | None = None, metadata: dict | None = None,
+                 check: bool = True) -> ir.Model:
+    """Convert an in-memory Keras model to the IR and check it against `model.predict`.
+
+    Functional and Sequential models are read as graphs (several inputs and outputs, merges,
+    shared layers, nested models); a subclassed model as the chain of layers its `call` runs.
+    """
+    if _is_graph(model):
+        inputs, graph, outputs = _graph(model)
+    else:
+        graph, outputs = _Graph(), None
+        inputs = {ir.INPUT: _input_shape(model)}
+        for layer in _chain_layers(model):
+            graph.call(layer, _Call(), [graph.specs[-1][0]] if graph.specs else [ir.INPUT], "")
+    if graph.problems:
+        raise DistillError("cannot import the Keras model: " + "; ".join(graph.problems)
                            + f"; supported layers: {', '.join(sorted(CONVERTERS))}")
     import keras
     meta = {"source": {"framework": "keras", "keras_version": keras.__version__,
                        "class": type(model).__name__}, **(metadata or {})}
-    result = ir.make_model(name or model.name, input_shape, specs, metadata=meta)
+    result = ir.make_model(name or model.name, inputs, graph.specs, metadata=meta,
+                           outputs=outputs)
     if check:
         compare_with_keras(model, result)
     return result
 
 
+class _Call:
+    """A layer call in a subclassed model: one input and one output, shapes unknown."""
+    input_tensors = (None,)
+    output_tensors = (None,)
+
+
 def compare_with_keras(model, result: ir.Model, samples: int = 64, seed: int = 0) -> float:
     """Max abs difference between Keras and `ir.run` on random inputs; raises on mismatch."""
     rng = np.random.default_rng(seed)
-    x = rng.normal(size=(samples, *result.input_shape)).astype(np.float32)
-    want = np.asarray(model.predict(x, verbose=0), np.float32)
-    got = ir.run(result, x)
-    if want.shape != got.shape:
-        raise DistillError(f"the imported model gives outputs of shape {got.shape[1:]}, Keras "
-                           f"gives {want.shape[1:]}; the model is not a chain distill can read")
-    err = np.abs(got.astype(np.float64) - want)
-    bad = err > ABS_TOL + REL_TOL * np.abs(want)
-    if bad.any() or not np.isfinite(got).all():
-        raise DistillError(f"the imported model differs from Keras's predictions by up to "
-                           f"{float(np.nanmax(err)):.3g} on random inputs; its call is not "
-                           "the chain of layers distill read (write it as a Sequential or "
-                           "functional model)")
-    return float(err.max(initial=0.0))
+    xs = [rng.normal(size=(samples, *shape)).astype(np.float32)
+          for shape in result.input_shapes]
+    want = model.predict(xs if len(xs) > 1 else xs[0], verbose=0)
+    want = [np.asarray(w, np.float32) for w in (want if isinstance(want, (list, tuple))
+                                                 else [want])]
+    got = ir.run(result, xs if len(xs) > 1 else xs[0], split=True)
+    if [w.shape for w in want] != [g.shape for g in got]:
+        raise DistillError(f"the imported model gives outputs of shapes "
+                           f"{[g.shape[1:] for g in got]}, Keras gives "
+                           f"{[w.shape[1:] for w in want]}; the model is not a graph distill "
+                           "can read")
+    worst = 0.0
+    for w, g in zip(want, got):
+        err = np.abs(g.astype(np.float64) - w)
+        bad = err > ABS_TOL + REL_TOL * np.abs(w)
+        if bad.any() or not np.isfinite(g).all():
+            raise DistillError(f"the imported model differs from Keras's predictions by up "
+                               f"to {float(np.nanmax(err)):.3g} on random inputs; its call is "
+                               "not the chain of layers distill read (write it as a "
+                               "Sequential or functional model)")
+        worst = max(worst, float(err.max(initial=0.0)))
+    return worst
 
 
 def load_keras(path: str | os.PathLike, isolate: bool = False) -> ir.Model:

@@ -19,12 +19,13 @@ bytes per parameter (C 12.6 instead of 15, Go 4 instead of 13.4), and a Go blob 
 fraction of a second where a million literals take ten. The default, `weights="auto"`, is
 literals up to AUTO_BLOB_PARAMETERS parameters and a blob above.
 
-The buffer plan: an op reads its input from `input` or a workspace buffer and writes to a
-workspace buffer or `output`. Elementwise ops run in place; `dense` alternates between two
-buffers; `flatten`, `reshape` and `linear` move no data. So working memory is two activations
-at most, known at export time, and emitted code needs no allocation. A batch kernel (C's
-`NAME_predict_batch`) follows the same plan for `batch_tile` samples side by side, each buffer
-that many times larger.
+The buffer plan (`plan`): an op reads its inputs from `input` (or its part of a packed input,
+`in0`, `in1`, ...) or workspace slots, and writes to a slot or its part of the output. Slots
+are reused as soon as their value's last reader has run, elementwise ops write over an input
+that nothing reads later, and `flatten`, `reshape` and `linear` move no data. So a chain needs
+two activations at most and a graph what is live at once, known at export time, and emitted
+code needs no allocation. A batch kernel (C's `NAME_predict_batch`) follows the same plan for
+`batch_tile` samples side by side, each buffer that many times larger.
 """
 
 from __future__ import annotations
@@ -123,36 +124,103 @@ def export_name(model: ir.Model, target: Target, name: str | None) -> str:
     return base + target.name_suffix if taken else base
 
 
-def plan(model: ir.Model) -> tuple[list[dict[str, Any]], list[int]]:
-    """The steps that compute the model and the sizes of the two workspace buffers."""
+# Ops that may write their result over their first input: each output value depends only on
+# the input values at its own index (merges: at its index in every input), or, for softmax, on
+# values its row has already read.
+IN_PLACE_OPS = frozenset({"normalize", "sigmoid", "tanh", "relu", "leaky_relu", "softmax",
+                          "add", "subtract", "multiply", "average", "maximum", "minimum"})
+
+
+def plan(model: ir.Model) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The steps that compute the model, and the buffers they use.
+
+    Every value lives in a buffer: `input` (or `in0`, `in1`, ... for several inputs, each a
+    part of the packed input), `output` (`out0`, ...), or a workspace slot `ws0`, `ws1`, ...
+    Slots are reused by liveness: a value's slot is free again after its last reader, an op
+    of IN_PLACE_OPS writes over its first input when that is read by no one later, and ops
+    that move no data (NO_DATA_OPS) share their input's buffer. A value the model outputs is
+    written straight into its part of the output; one that is an input, or output twice, is
+    copied there at the end. A chain uses two slots, as ws0, ws1, ws0, ...
+
+    Each buffer: {"kind": "input" | "output" | "workspace", "offset": floats from the start
+    of the packed input, output or workspace, "size": floats}.
+    """
+    root = {name: name for name in model.input_names}  # value -> the value whose data it is
+    size = {name: prod(shape) for name, shape in model.inputs}
+    last: dict[str, int] = {}
+    for i, node in enumerate(model.nodes):
+        for src in node.inputs:
+            last[root[src]] = i
+        root[node.name] = root[node.inputs[0]] if node.op in NO_DATA_OPS else node.name
+        size[node.name] = prod(node.output_shape)
+    end = len(model.nodes)
+    for out in model.outputs:
+        last[root[out]] = end
+    buffers: dict[str, dict[str, Any]] = {}
+    where: dict[str, str] = {}  # root value -> buffer name
+
+    def add(name: str, kind: str, offset: int, floats: int) -> str:
+        buffers[name] = {"kind": kind, "offset": offset, "size": floats}
+        return name
+    offset = 0
+    for k, (name, shape) in enumerate(model.inputs):
+        where[name] = add("input" if len(model.inputs) == 1 else f"in{k}", "input", offset,
+                          prod(shape))
+        offset += prod(shape)
+    out_of: dict[str, str] = {}  # root value -> the output buffer it is computed into
+    copies, offset = [], 0
+    for k, out in enumerate(model.outputs):
+        name = add("output" if len(model.outputs) == 1 else f"out{k}", "output", offset,
+                   size[out])
+        offset += size[out]
+        r = root[out]
+        if r in model.input_names or r in out_of:
+            copies.append((r, name))
+        else:
+            out_of[r] = name
+    slots: list[dict[str, Any]] = []  # {"name", "size", "holds": root value or None}
     steps: list[dict[str, Any]] = []
-    holder, sizes = "input", [0, 0]
-
-    def buffer(avoid: str, size: int) -> str:
-        index = 1 if avoid == "ws0" else 0
-        sizes[index] = max(sizes[index], size)
-        return f"ws{index}"
-
-    for node in model.nodes:
-        size = prod(node.output_shape)
+    for i, node in enumerate(model.nodes):
         if node.op in NO_DATA_OPS:
             continue
-        if node.op == "dense":
-            dst = buffer(holder, size)
-        else:  # elementwise: in place when the data is already ours
-            dst = holder if holder.startswith("ws") else buffer("ws1", size)
-        steps.append({"op": node.op, "node": node, "src": holder, "dst": dst, "size": size})
-        holder = dst
-    if not steps:
-        steps.append({"op": "copy", "node": None, "src": "input", "dst": "output",
-                      "size": prod(model.input_shape)})
-    last = steps[-1]
-    if last["dst"].startswith("ws"):
-        last["dst"] = "output"
-        # The buffer it wrote to may no longer be needed at that size.
-        sizes = [max((s["size"] for s in steps if s["dst"] == f"ws{i}"), default=0)
-                 for i in (0, 1)]
-    return steps, sizes
+        srcs = [where[root[src]] for src in node.inputs]
+        first = root[node.inputs[0]]
+        owned = srcs[0].startswith("ws") and last[first] == i
+        if node.name in out_of:
+            dst = out_of[node.name]
+        elif node.op in IN_PLACE_OPS and owned:
+            dst = srcs[0]
+        else:
+            free = [s for s in slots if s["holds"] is None or last[s["holds"]] < i]
+            fits = [s for s in free if s["size"] >= size[node.name]]
+            slot = (min(fits, key=lambda s: s["size"]) if fits else
+                    max(free, key=lambda s: s["size"]) if free else None)
+            if slot is None:
+                slot = {"name": f"ws{len(slots)}", "size": 0, "holds": None}
+                slots.append(slot)
+            dst = slot["name"]
+        for slot in slots:
+            if slot["name"] == dst:
+                slot["holds"] = node.name
+                slot["size"] = max(slot["size"], size[node.name])
+        where[node.name] = dst
+        steps.append({"op": node.op, "node": node, "srcs": srcs, "src": srcs[0], "dst": dst,
+                      "size": size[node.name], "owned": owned,
+                      "reads": [root[src] for src in node.inputs], "writes": node.name})
+    for r, name in copies:
+        steps.append({"op": "copy", "node": None, "srcs": [where[r]], "src": where[r],
+                      "dst": name, "size": size[r], "owned": False, "reads": [r],
+                      "writes": r})
+    offset = 0
+    for slot in slots:
+        add(slot["name"], "workspace", offset, slot["size"])
+        offset += slot["size"]
+    return steps, buffers
+
+
+def workspace_floats(model: ir.Model) -> int:
+    """The floats of workspace one prediction needs in emitted C and Go."""
+    return sum(b["size"] for b in plan(model)[1].values() if b["kind"] == "workspace")
 
 
 # A batch kernel runs this many samples side by side (vector lanes over samples); its scratch
@@ -165,6 +233,17 @@ def batch_tile(floats_per_sample: int) -> int:
     """Samples per batch tile for a model needing `floats_per_sample` floats of scratch each."""
     fits = [t for t in BATCH_TILES if t * floats_per_sample <= BATCH_WORKSPACE_FLOATS]
     return fits[0] if fits else BATCH_TILES[-1]
+
+
+def _root(model: ir.Model, value: str) -> str:
+    """The value whose data `value` is: itself, or for an op that moves no data its input's."""
+    while value not in model.input_names and model.node(value).op in NO_DATA_OPS:
+        value = model.node(value).inputs[0]
+    return value
+
+
+def _named(buffers: dict[str, dict[str, Any]], kind: str) -> list[str]:
+    return [name for name, b in buffers.items() if b["kind"] == kind]
 
 
 def _idents(model: ir.Model, target: Target, prefix: str) -> dict[tuple[str, str], str]:
@@ -229,7 +308,7 @@ def context(model: ir.Model, target: Target, name: str | None = None,
     weights = storage(model, weights)
     prefix = export_name(model, target, name)
     idents = _idents(model, target, prefix)
-    steps, sizes = plan(model)
+    steps, buffers = plan(model)
     figures = ir.stats(model)
     x = golden_samples(model, samples)
     with np.errstate(all="ignore"):
@@ -239,21 +318,43 @@ def context(model: ir.Model, target: Target, name: str | None = None,
     if not len(x):
         raise DistillError(f"model {model.name!r} overflows on every self-test input")
     labels = list(model.labels) if model.labels else []
-    ctx_steps = []
-    for s in steps:
+    # Where a value is read from after the step that writes it: languages that hold values in
+    # variables (NumPy) keep a value in one of its own when a later step reads it other than
+    # straight after it is written, or when the model outputs it.
+    later_reads: dict[str, list[int]] = {}
+    for i, st in enumerate(steps):
+        for k, r in enumerate(st["reads"]):
+            later_reads.setdefault(r, []).append(i if k == 0 else -1)
+    outputs = {_root(model, out) for out in model.outputs}
+    value_size = {name: prod(shape) for name, shape in model.inputs}
+    value_size.update((st["writes"], st["size"]) for st in steps)
+    ctx_steps, arrays, by_array = [], [], {}
+    for i, s in enumerate(steps):
         node = s["node"]
-        step = {"op": s["op"], "src": s["src"], "dst": s["dst"], "size": s["size"],
+        follows = i > 0 and s["reads"][0] == steps[i - 1]["writes"]
+        step = {"op": s["op"], "src": s["src"], "srcs": s["srcs"], "dst": s["dst"],
+                "size": s["size"], "owned": s["owned"], "reads": s["reads"],
+                "writes": s["writes"], "follows": follows,
+                "read_sizes": [value_size[r] for r in s["reads"]],
+                "kept": any(j != i + 1 for j in later_reads.get(s["writes"], []))
+                or (s["writes"] in outputs and (len(model.outputs) > 1 or len(model.inputs) > 1
+                                                or i != len(steps) - 1)),
                 "name": node.name if node else "copy", "attrs": dict(node.attrs) if node else {},
-                "in_shape": list(node.input_shape if node else model.input_shape),
-                "out_shape": list(node.output_shape if node else model.input_shape),
+                "in_shape": list(node.input_shape if node else [s["size"]]),
+                "in_shapes": [list(sh) for sh in node.input_shapes] if node else [[s["size"]]],
+                "out_shape": list(node.output_shape if node else [s["size"]]),
                 "weights": {}}
         if node is not None:
             for key, arr in sorted(node.weights.items()):
-                if node.op == "normalize":  # stored broadcast to the input, one value each
-                    arr = np.broadcast_to(arr, node.input_shape)
-                step["weights"][key] = {"ident": idents[node.name, key],
-                                        "values": np.ascontiguousarray(arr, np.float32),
-                                        "size": int(arr.size)}
+                if id(arr) not in by_array:
+                    values = arr
+                    if node.op == "normalize":  # stored broadcast to the input, one value each
+                        values = np.broadcast_to(arr, node.input_shape)
+                    by_array[id(arr)] = {"ident": idents[node.name, key],
+                                         "values": np.ascontiguousarray(values, np.float32),
+                                         "size": int(values.size)}
+                    arrays.append(by_array[id(arr)])
+                step["weights"][key] = by_array[id(arr)]
             if node.op == "dense":
                 step["inputs"] = node.input_shape[-1]
                 step["units"] = node.output_shape[-1]
@@ -262,12 +363,20 @@ def context(model: ir.Model, target: Target, name: str | None = None,
             if node.op == "softmax":
                 step["rows"] = prod(node.output_shape[:-1])
                 step["width"] = node.output_shape[-1]
+            if node.op == "concatenate":
+                axis = node.attrs["axis"]
+                step["outer"] = prod(node.output_shape[:axis])
+                step["chunks"] = [prod(sh[axis:]) for sh in node.input_shapes]
         ctx_steps.append(step)
-    arrays = [w for s in ctx_steps for w in s["weights"].values()]
     offset = 0
     for w in arrays:  # where each array starts in a weights blob, in floats
         w["offset"] = offset
         offset += w["size"]
+    workspace = sum(b["size"] for b in buffers.values() if b["kind"] == "workspace")
+    # whether a model input is read by any step but the first, or output
+    inputs_kept = any(r in model.input_names for k, st in enumerate(steps)
+                      for j, r in enumerate(st["reads"]) if k or j) or bool(
+                          outputs & set(model.input_names))
     blob = weights == "blob" and target.blob_file is not None
     return {
         "name": prefix,
@@ -276,6 +385,15 @@ def context(model: ir.Model, target: Target, name: str | None = None,
         "version": __version__,
         "input_shape": list(model.input_shape),
         "output_shape": list(model.output_shape),
+        "inputs": [{"name": n, "buffer": b, "shape": list(model.input_shapes[k]),
+                    "offset": buffers[b]["offset"], "size": buffers[b]["size"]}
+                   for k, (n, b) in enumerate(zip(model.input_names, _named(buffers, "input")))],
+        "outputs": [{"name": n, "buffer": b, "shape": list(model.output_shapes[k]),
+                     "offset": buffers[b]["offset"], "size": buffers[b]["size"]}
+                    for k, (n, b) in enumerate(zip(model.outputs, _named(buffers, "output")))],
+        "buffers": buffers,
+        "inputs_kept": inputs_kept,
+        "roots": [_root(model, out) for out in model.outputs],
         "input_size": prod(model.input_shape),
         "output_size": prod(model.output_shape),
         "labels": labels,
@@ -284,10 +402,9 @@ def context(model: ir.Model, target: Target, name: str | None = None,
         "parameters": figures["parameters"],
         "flash_bytes": figures["weight_bytes"],
         "macs": figures["macs"],
-        "ws_sizes": sizes,
-        "workspace": sum(sizes),
-        "batch_tile": batch_tile(prod(model.input_shape) + prod(model.output_shape) + sum(sizes)),
-        "ram_bytes": 4 * sum(sizes),
+        "workspace": workspace,
+        "batch_tile": batch_tile(prod(model.input_shape) + prod(model.output_shape) + workspace),
+        "ram_bytes": 4 * workspace,
         "steps": ctx_steps,
         "weights": arrays,
         "weight_storage": weights,

@@ -6,7 +6,9 @@ what the file computes is checked against `ir.run` by running it in onnxruntime.
 
 What it promises:
 - The graph takes "input" of shape (N, *input_shape) float32, N a symbolic batch dimension,
-  and gives "output" of shape (N, *output_shape).
+  and gives "output" of shape (N, *output_shape). A model with several inputs takes each as
+  its own graph input, named as in the IR; one with several outputs gives "output_0",
+  "output_1", ... in the IR's order, each of its own shape (nothing is packed).
 - Every weight is an initializer named `<node>_<weight>` (`dense_1_kernel`) holding the IR's
   float32 bits unchanged. Other tensor and node names derive from the IR node names; a clash
   (an IR node named `dense_kernel` beside a `dense` node's kernel) gets a `_2` suffix.
@@ -21,7 +23,7 @@ is pinned to the one that opset needs, not to the installed onnx library's, so a
 does not reject the file and the bytes do not change with the library.
 
 Adding an op: one function `@lowering("op")` taking `(graph, node, x, y)`, which emits nodes
-computing tensor `y` from tensor `x`.
+computing tensor `y` from tensor `x` (for an op with several inputs, `x` is a list of them).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .. import __version__, ir
 from ..errors import DistillError
+from ..ops import MERGES as _MERGES
 
 OPSET = 17
 IR_VERSION = 8  # the ONNX IR version that opset 17 first appeared with (ONNX 1.12)
@@ -58,8 +61,10 @@ def lowering(op_name: str) -> Callable:
 class _Graph:
     """The nodes and initializers of the graph being built, and its unique names."""
 
-    def __init__(self, reserved: set[str]):
+    def __init__(self, reserved: set[str], weight_names: dict[int, str]):
         self.tensors = set(reserved)
+        self.weight_names = weight_names  # id(array) -> its initializer's name
+        self.written: set[str] = set()
         self.node_names: set[str] = set()
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
@@ -70,9 +75,11 @@ class _Graph:
 
     def weight(self, node: ir.Node, key: str) -> str:
         """The initializer holding `node.weights[key]`, bit for bit, named `<node>_<key>`."""
-        name = f"{node.name}_{key}"  # reserved up front, so never taken by another tensor
-        arr = np.ascontiguousarray(node.weights[key], dtype="<f4")
-        self.initializers.append(numpy_helper.from_array(arr, name))
+        name = self.weight_names[id(node.weights[key])]  # reserved up front
+        if name not in self.written:  # a shared layer's arrays are stored once
+            self.written.add(name)
+            arr = np.ascontiguousarray(node.weights[key], dtype="<f4")
+            self.initializers.append(numpy_helper.from_array(arr, name))
         return name
 
     def constant(self, base: str, value: np.ndarray) -> str:
@@ -155,6 +162,35 @@ def _reshape(g: _Graph, node: ir.Node, x: str, y: str) -> None:
     g.add("Reshape", [x, g.constant(f"{node.name}_shape", shape)], y, node.name)
 
 
+def _chain(op_type: str):
+    """A merge as binary nodes left to right, ((x0 op x1) op x2) ..., the order of ir.run."""
+    def lower(g: _Graph, node: ir.Node, xs: list[str], y: str) -> str:
+        out = xs[0]
+        for k, x in enumerate(xs[1:], 1):
+            last = k == len(xs) - 1
+            out = g.add(op_type, [out, x], y if last else g.tensor(f"{node.name}_{k}"),
+                        node.name if last else f"{node.name}_{k}")
+        return out
+    return lower
+
+
+for _op_name, _op_type in (("add", "Add"), ("subtract", "Sub"), ("multiply", "Mul"),
+                           ("maximum", "Max"), ("minimum", "Min")):
+    lowering(_op_name)(_chain(_op_type))
+
+
+@lowering("average")
+def _average(g: _Graph, node: ir.Node, xs: list[str], y: str) -> None:
+    total = _chain("Add")(g, node, xs, g.tensor(f"{node.name}_sum"))
+    count = g.constant(f"{node.name}_count", np.array(len(xs), np.float32))
+    g.add("Div", [total, count], y, f"{node.name}_div")
+
+
+@lowering("concatenate")
+def _concatenate(g: _Graph, node: ir.Node, xs: list[str], y: str) -> None:
+    g.add("Concat", xs, y, node.name, axis=node.attrs["axis"] + 1)
+
+
 # ----------------------------------------------------------------------------------- the model
 
 def to_onnx(model: ir.Model, name: str | None = None) -> onnx.ModelProto:
@@ -168,24 +204,38 @@ def to_onnx(model: ir.Model, name: str | None = None) -> onnx.ModelProto:
         if node.op not in LOWERINGS:
             raise DistillError(f"node {node.name!r}: op {node.op!r} has no ONNX lowering; "
                                f"supported: {', '.join(sorted(LOWERINGS))}")
-    # Weight initializers keep their promised names, so they are reserved before anything else;
+    # Weight initializers keep their promised names, so they are reserved before anything else
+    # (a shared array once, under its first node's name), then the graph's inputs and outputs;
     # node outputs come next (the IR node's own name where free), intermediates last.
-    g = _Graph({ir.INPUT, OUTPUT} | {f"{n.name}_{k}" for n in model.nodes for k in n.weights})
-    out_node = model.outputs[0]
-    tensors = {ir.INPUT: ir.INPUT}
+    outputs = [OUTPUT] if len(model.outputs) == 1 else \
+        [f"{OUTPUT}_{k}" for k in range(len(model.outputs))]
+    weight_names: dict[int, str] = {}
+    for n in model.nodes:
+        for k in sorted(n.weights):
+            weight_names.setdefault(id(n.weights[k]), f"{n.name}_{k}")
+    g = _Graph({*model.input_names, *outputs, *weight_names.values()}, weight_names)
+    tensors = {name: name for name in model.input_names}
+    computed_into = {}  # node -> the graph output it is computed straight into
+    for out, out_name in zip(model.outputs, outputs):
+        if out not in tensors and out not in computed_into:
+            computed_into[out] = out_name
     for node in model.nodes:
-        tensors[node.name] = OUTPUT if node.name == out_node else g.tensor(node.name)
+        tensors[node.name] = computed_into.get(node.name) or g.tensor(node.name)
     for node in model.nodes:
-        LOWERINGS[node.op](g, node, tensors[node.inputs[0]], tensors[node.name])
-    if out_node == ir.INPUT:  # a model without nodes computes the identity
-        g.add("Identity", [ir.INPUT], OUTPUT, "identity")
+        xs = [tensors[i] for i in node.inputs]
+        LOWERINGS[node.op](g, node, xs[0] if len(xs) == 1 and node.op not in _MERGES else xs,
+                           tensors[node.name])
+    for k, (out, out_name) in enumerate(zip(model.outputs, outputs)):
+        if tensors[out] != out_name:  # an input, or a value output twice: copied
+            g.add("Identity", [tensors[out]], out_name, "identity" if len(outputs) == 1
+                  else f"identity_{k}")
 
     graph = helper.make_graph(
         g.nodes, name,
-        [helper.make_tensor_value_info(ir.INPUT, TensorProto.FLOAT,
-                                       [BATCH, *model.input_shape])],
-        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT,
-                                       [BATCH, *model.output_shape])],
+        [helper.make_tensor_value_info(inp, TensorProto.FLOAT, [BATCH, *shape])
+         for inp, shape in model.inputs],
+        [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, [BATCH, *shape])
+         for out_name, shape in zip(outputs, model.output_shapes)],
         initializer=g.initializers)
     proto = helper.make_model(graph, ir_version=IR_VERSION,
                               opset_imports=[helper.make_opsetid("", OPSET)],

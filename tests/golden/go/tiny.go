@@ -83,8 +83,8 @@ func PredictInto(dst, input []float32) error {
 		return fmt.Errorf("%w: dst has %d values, want %d", ErrSize, len(dst), OutputSize)
 	}
 	var ws [WorkspaceSize]float32
-	ws0 := ws[:3]
-	ws1 := ws[3:]
+	ws0 := ws[0:3]
+	ws1 := ws[3:5]
 	output := dst
 
 	// hidden: dense, 2 inputs -> 3 units
