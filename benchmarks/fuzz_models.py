@@ -43,7 +43,13 @@ def worker(kind: str, seed: int, start: int, count: int, keep: Path) -> None:
     import test_hardening_fuzz as fuzz
     work = Path(tempfile.mkdtemp(prefix="distill-fuzz-"))
     if kind == "distill":
-        base = fuzz.make_base(work)
+        # a chain of every single-input op, and a graph: three inputs, four outputs, every
+        # merge, a shared layer (one weight file read by two nodes)
+        from conftest import graph_models
+        (work / "graph").mkdir()
+        import numpy as np
+        graph = {m.name: m for m in graph_models(np.random.default_rng(0))}["graph"]
+        bases = [fuzz.make_base(work), fuzz.make_base(work / "graph", graph)]
         mutators = sorted(fuzz.MUTATORS)
     elif kind == "checkpoint":
         import test_hardening_resume as rz
@@ -64,7 +70,7 @@ def worker(kind: str, seed: int, start: int, count: int, keep: Path) -> None:
         mutator = mutators[i % len(mutators)]
         try:
             if kind == "distill":
-                data = fuzz.MUTATORS[mutator](base, rng)
+                data = fuzz.MUTATORS[mutator](bases[(i // len(mutators)) % 2], rng)
                 path = work / "case.distill"
             elif kind == "checkpoint":
                 data = rz.mutate_checkpoint(checkpoint, rng)

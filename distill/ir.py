@@ -796,11 +796,14 @@ def _from_json(doc: dict[str, Any], z: zipfile.ZipFile) -> Model:
     for i, spec in enumerate(inputs_doc):
         if not isinstance(spec, dict):
             raise ModelFormatError(f"input #{i} is not an object")
-        _check_shape(spec.get("shape"), f"input #{i}")
+        _check_shape(spec.get("shape"), "model input" if len(inputs_doc) == 1 else f"input #{i}")
+        dtype = spec.get("dtype", "float32")
+        if not isinstance(dtype, str):
+            raise ModelFormatError(f"input #{i}: dtype {_show(dtype)} is not a string")
         inputs.append((spec.get("name"), tuple(spec["shape"])))
-        dtypes.add(spec.get("dtype", "float32"))
+        dtypes.add(dtype)
     if len(dtypes) > 1:
-        raise ModelFormatError(f"inputs of several dtypes ({_show(sorted(map(str, dtypes)))}); "
+        raise ModelFormatError(f"inputs of several dtypes ({_show(sorted(dtypes))}); "
                                "expected float32")
     nodes_doc = _field(doc, "nodes", list, "model")
     outputs = _field(doc, "outputs", list, "model")
@@ -847,7 +850,7 @@ def _from_json(doc: dict[str, Any], z: zipfile.ZipFile) -> Model:
                 raise ModelFormatError(f"{where}: weight {_show(key)} must be float32")
             own = f"weights/{node_name}/{key}.npy"
             file = own if version == 1 else spec.get("file", own)
-            if file != own and file not in read:
+            if not isinstance(file, str) or (file != own and file not in read):
                 raise ModelFormatError(f"{where}: weight {_show(key)} names {_show(file)}, "
                                        "which is neither its own file nor an earlier node's")
             if file not in read:

@@ -821,8 +821,8 @@ def test_load_unknown_op(saved, tmp_path):
     (lambda d: {**d, "name": "Every Op"}, r"model name 'Every Op'"),
     (lambda d: {**d, "inputs": [{"name": "input", "shape": [6], "dtype": "float64"}]},
      r"input dtype 'float64'"),
-    (lambda d: {**d, "inputs": [{"name": "input", "shape": [0]}]}, r"input #0: bad shape"),
-    (lambda d: {**d, "inputs": [{"name": "input", "shape": [1] * 9}]}, r"input #0: bad shape"),
+    (lambda d: {**d, "inputs": [{"name": "input", "shape": [0]}]}, r"model input: bad shape"),
+    (lambda d: {**d, "inputs": [{"name": "input", "shape": [1] * 9}]}, r"model input: bad shape"),
 ])
 def test_load_rejects_invalid_graphs(saved, tmp_path, edit, match):
     load_error(rewrite(saved, tmp_path / "x.distill", doc=edit), match)

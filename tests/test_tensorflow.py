@@ -249,7 +249,7 @@ def test_keras2_alpha_is_read_when_negative_slope_is_absent():
 
         def get_config(self):
             return {"alpha": 0.25}
-    assert CONVERTERS["LeakyReLU"](OldLeaky()) == [("old", "leaky_relu", {"alpha": 0.25}, {})]
+    assert CONVERTERS["LeakyReLU"](OldLeaky(), None) == [("old", "leaky_relu", {"alpha": 0.25}, {})]
 
 
 def test_cli_import_export_and_verify_take_keras_files(tmp_path):
