@@ -28,7 +28,7 @@ __all__ = [
     "Tensor", "Variable", "Tape", "constant",
     "add", "sub", "mul", "div", "neg", "pow", "matmul", "affine", "exp", "log", "tanh", "maximum",
     "minimum", "where", "sum", "mean", "max", "reshape", "transpose", "concatenate", "cast",
-    "sigmoid", "relu", "leaky_relu", "softmax", "log_softmax",
+    "sigmoid", "relu", "leaky_relu", "softmax", "log_softmax", "unary",
     "softmax_cross_entropy", "sigmoid_cross_entropy", "mean_squared_error",
     "half_sum_squared_error",
     "numerical_gradient", "check_gradients",
@@ -485,6 +485,16 @@ def leaky_relu(a: Any, alpha: float = 0.2) -> Tensor:
     else:
         scale = np.where(x > 0, np.asarray(1, x.dtype), slope)
     return _record(x * scale, (a,), lambda g: (g * scale,))
+
+
+def unary(a: Any, forward: Callable[[np.ndarray], np.ndarray],
+          derivative: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Tensor:
+    """An elementwise op given by its NumPy forward pass and its derivative
+    `derivative(x, y)` (dy/dx from the input and the output): the activations of `ops`."""
+    a = _lift(a)
+    x = a.data
+    out = forward(x)
+    return _record(out, (a,), lambda g: (g * derivative(x, out),))
 
 
 def softmax(a: Any, axis: int = -1) -> Tensor:

@@ -11,7 +11,7 @@ expected type), so a bad config fails in one line before any data is loaded or s
     [[model.layers]]
     type = "dense"                       # dense | activation | dropout | flatten | reshape
     units = 100
-    activation = "sigmoid"               # or {name = "leaky_relu", alpha = 0.2}
+    activation = "sigmoid"               # or {name = "leaky_relu", alpha = 0.2} (elu too)
     [training]
     loss = "categorical_crossentropy"    # or {name = ..., from_logits = true}
     optimizer = {name = "sgd", learning_rate = 0.1}
@@ -282,8 +282,8 @@ def _activation(spec: Any, where: str) -> None:
         raise ConfigError(f"{where} unknown activation {name!r}"
                           f"{did_you_mean(str(name), ops.ACTIVATIONS)}; expected one of "
                           f"{', '.join(ops.ACTIVATIONS)}")
-    if "alpha" in spec and (name != "leaky_relu" or not _finite(spec["alpha"])):
-        raise ConfigError(f"{where} alpha is a finite number and only for leaky_relu")
+    if "alpha" in spec and (name not in ("leaky_relu", "elu") or not _finite(spec["alpha"])):
+        raise ConfigError(f"{where} alpha is a finite number and only for leaky_relu and elu")
 
 
 def _schedule_numbers(spec: dict[str, Any], where: str) -> None:

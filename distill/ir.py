@@ -228,7 +228,8 @@ def make_model(name: str, input_shape: Sequence[int] | Mapping[str, Sequence[int
 def _opdef(op_name: str, node_name: str):
     if op_name not in OPS:
         raise ModelFormatError(f"node {_show(node_name)}: unknown op {_show(op_name)}"
-                               f"{did_you_mean(op_name, OPS)}; supported: {', '.join(OPS)}")
+                               f"{did_you_mean(op_name, OPS)}, not one of the {len(OPS)} ops this "
+                               f"distill knows (README: the IR's ops)")
     return OPS[op_name]
 
 
@@ -257,11 +258,12 @@ def validate(model: Model) -> None:
         if not ops.takes(opdef, len(node.inputs)):
             want = "two or more" if opdef.arity == ops.MANY else str(opdef.arity)
             raise ModelFormatError(f"{where}: takes {want} inputs, not {len(node.inputs)}")
+        known_attrs = {**opdef.attrs, **opdef.optional_attrs}
         for key, value in node.attrs.items():
-            kind = opdef.attrs.get(key)
+            kind = known_attrs.get(key)
             if kind is None:
                 raise ModelFormatError(f"{where}: unknown attribute {_show(key)}"
-                                       f"{did_you_mean(key, opdef.attrs)}")
+                                       f"{did_you_mean(key, known_attrs)}")
             # An int stands for a float (JSON writers drop the ".0"); a bool never does.
             number = kind is float and isinstance(value, int)
             if isinstance(value, bool) or not (isinstance(value, kind) or number):

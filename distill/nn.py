@@ -186,9 +186,10 @@ class Layer:
 
 
 class Activation(Layer):
-    """An activation as a layer: linear, sigmoid, tanh, relu, leaky_relu (alpha), softmax."""
+    """An activation as a layer: one of ops.ACTIVATIONS; leaky_relu and elu take alpha."""
 
     kind = "activation"
+    ALPHA = {"leaky_relu": 0.2, "elu": 1.0}  # the defaults of Keras's string activations
 
     def __init__(self, activation: str = "linear", alpha: float | None = None,
                  name: str | None = None):
@@ -196,12 +197,13 @@ class Activation(Layer):
         if activation not in ops.ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; expected one of "
                              f"{', '.join(ops.ACTIVATIONS)}")
-        if alpha is not None and activation != "leaky_relu":
+        if alpha is not None and activation not in self.ALPHA:
             raise ValueError(f"activation {activation!r} takes no alpha")
         self.activation = activation
         # Kept as the float32 it will be in the IR, so training and export use the same slope.
-        self.attrs = ({"alpha": float(np.float32(0.2 if alpha is None else alpha))}
-                      if activation == "leaky_relu" else {})
+        default = self.ALPHA.get(activation)
+        self.attrs = ({"alpha": float(np.float32(default if alpha is None else alpha))}
+                      if default is not None else {})
 
     def call(self, x, training, rng):
         return ops.OPS[self.activation].forward(x, self.attrs, {})

@@ -89,6 +89,39 @@ def graph_models(rng):
             ("skip2", "add", {}, {}, ["d2", "skip", "input"]),
             ("s", "sigmoid", {}, {}),
         ]),
+        activations(rng),
         ir.make_model("passthrough", {"p": (3,), "q": (2, 2)}, [
             ("f", "flatten", {}, {}, "q")], outputs=["f", "p", "q"]),
     ]
+
+
+# The ops after Keras's activations and normalization layers, each on its own output, options
+# both ways (a cap and none, gamma and beta and neither, softmax on an inner and a middle axis).
+ACTIVATION_CASES = [
+    ("elu", {"alpha": 0.7}, {}), ("selu", {}, {}), ("gelu", {}, {}), ("gelu_tanh", {}, {}),
+    ("silu", {}, {}), ("softplus", {}, {}), ("softsign", {}, {}), ("hard_sigmoid", {}, {}),
+    ("exponential", {}, {}),
+    ("clipped_relu", {"threshold": 0.9, "negative_slope": 0.1, "max_value": 1.4}, {}),
+    ("clipped_relu", {"threshold": 0.5, "negative_slope": 0.0}, {}),
+    ("prelu", {}, {"alpha": "per value"}), ("prelu", {}, {"alpha": "shared"}),
+    ("layer_norm", {"axis": 2, "epsilon": 1e-3}, {"gamma": (4,), "beta": (4,)}),
+    ("layer_norm", {"axis": 1, "epsilon": 1e-5}, {}),
+    ("softmax", {"axis": 0}, {}), ("softmax", {"axis": 1}, {}),
+]
+
+
+def activations(rng):
+    """Every op of ACTIVATION_CASES after one dense layer, all outputs."""
+    from distill import ir
+
+    def r(*shape):
+        return rng.normal(size=shape).astype(np.float32)
+    layers = [("d", "dense", {}, {"kernel": r(3, 4) * 2, "bias": r(4)})]
+    for k, (op, attrs, weights) in enumerate(ACTIVATION_CASES):
+        if op == "prelu":
+            weights = {"alpha": np.abs(r(2, 3, 4) if weights["alpha"] == "per value"
+                                       else r(1, 3, 1))}
+        elif op == "layer_norm":
+            weights = {key: r(*shape) for key, shape in weights.items()}
+        layers.append((f"{op}_{k}", op, attrs, weights, "d"))
+    return ir.make_model("activations", (2, 3, 3), layers, outputs=[n for n, *_ in layers[1:]])

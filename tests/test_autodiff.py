@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import distill.autodiff as ad
+from distill import ops
 from distill.autodiff import Tape, Tensor, Variable, check_gradients
 
 rng = np.random.default_rng(1234)
@@ -305,3 +306,37 @@ def test_user_function_with_gradient_checker():
     def mlp(x, w1, w2):
         return ad.mean(ad.tanh(x @ w1) @ w2)
     assert check_gradients(mlp, r(5, 3), r(3, 4), r(4, 2)) < 1e-6
+
+
+# Every op of the registry that a model trains through, by its attributes and weights: the
+# activations' hand-written derivatives and the merges' compositions.
+OP_GRADIENT_CASES = {
+    "elu": ({"alpha": 0.7}, {}), "selu": ({}, {}), "gelu": ({}, {}), "gelu_tanh": ({}, {}),
+    "silu": ({}, {}), "softplus": ({}, {}), "softsign": ({}, {}), "hard_sigmoid": ({}, {}),
+    "exponential": ({}, {}),
+    "clipped_relu": ({"threshold": 0.3, "negative_slope": 0.2, "max_value": 1.1}, {}),
+    "prelu": ({}, {"alpha": np.array([[0.1, 0.5, 2.0, -0.3]])}),
+    "layer_norm": ({"axis": 1, "epsilon": 1e-3}, {"gamma": np.arange(1.0, 5.0),
+                                                   "beta": np.arange(4.0)}),
+    "softmax": ({"axis": 0}, {}),
+}
+
+
+@pytest.mark.parametrize("op_name", sorted(OP_GRADIENT_CASES) + list(ops.MERGES))
+def test_op_gradients_match_central_difference(op_name):
+    opdef = ops.OPS[op_name]
+    rng = np.random.default_rng(3)
+    # away from the kinks (0, the threshold, the cap, +-3), where a difference quotient is wrong
+    x = rng.uniform(0.05, 2.5, size=(3, 2, 4)) * rng.choice([-1, 1], size=(3, 2, 4))
+    if op_name in ops.MERGES:
+        attrs = {"axis": 1} if op_name == "concatenate" else {}
+        count = 2 if op_name == "subtract" else 3
+        xs = [x + k for k in range(count)]
+        assert check_gradients(lambda *t: ops.forward(opdef, list(t), attrs, {}) * 1.5,
+                               *xs) < 1e-5
+        return
+    attrs, weights = OP_GRADIENT_CASES[op_name]
+    x = np.where(np.abs(x - 0.3) < 0.05, 0.5, x)
+    x = np.where(np.abs(np.abs(x) - 3) < 0.05, 2.0, x)
+    spread = np.linspace(-1.0, 1.5, 24).reshape(3, 2, 4)  # a different weight for each output
+    assert check_gradients(lambda t: ops.forward(opdef, [t], attrs, weights) * spread, x) < 1e-5

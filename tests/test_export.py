@@ -762,3 +762,25 @@ def test_merges_give_the_reference_bits_in_c_and_go(tmp_path):
             [w for w, isnan in zip(want_bits, nan) if not isnan]
         assert all(np.isnan(np.uint32(int(g, 16)).view(np.float32))
                    for g, isnan in zip(got, nan) if isnan)
+
+
+def test_activations_keep_special_values_in_c_and_go(tmp_path):
+    """NaN stays NaN, infinities come out where the reference gives them, and
+    every other value within the export tolerance, for every op of ACTIVATION_CASES."""
+    from conftest import ACTIVATION_CASES
+    layers = [(f"{op}_{k}", op, attrs, {}, "input") for k, (op, attrs, w) in
+              enumerate(ACTIVATION_CASES) if not w and op not in ("layer_norm", "softmax")]
+    model = ir.make_model("specials", (len(SPECIALS),), layers,
+                          outputs=[name for name, *_ in layers])
+    x = np.array([SPECIALS, np.negative(SPECIALS)], np.float32)
+    with np.errstate(all="ignore"):
+        want = distill.run(model, x).reshape(-1)
+    for got in c_and_go_bits(model, x, tmp_path / "m"):
+        got = np.array([int(g, 16) for g in got], np.uint32).view(np.float32)
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        ok = ~np.isnan(want)
+        assert np.array_equal(got[ok] == np.inf, want[ok] == np.inf)
+        assert np.array_equal(got[ok] == -np.inf, want[ok] == -np.inf)
+        finite = ok & np.isfinite(want)
+        err = np.abs(got[finite].astype(np.float64) - want[finite])
+        assert (err <= codegen.ABS_TOL + codegen.REL_TOL * np.abs(want[finite])).all()

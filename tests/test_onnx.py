@@ -24,7 +24,7 @@ def _w(rng, *shape, scale=1.0):
 
 def _models() -> dict[str, ir.Model]:
     rng = np.random.default_rng(7)
-    acts = [(a, a, {"alpha": 0.1234567} if a == "leaky_relu" else {}, {})
+    acts = [(a, a, {"alpha": 0.1234567} if "alpha" in ops.OPS[a].attrs else {}, {})
             for a in ops.ACTIVATIONS]
     return {
         "chain": ir.make_model("chain", (5,), [

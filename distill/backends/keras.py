@@ -50,7 +50,13 @@ ABS_TOL, REL_TOL = 1e-4, 1e-3
 Spec = tuple[str, str, dict, dict]  # (name, op, attrs, weights) as ir.make_model takes them
 
 ACTIVATIONS = {"linear": None, "relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh",
-               "softmax": "softmax", "leaky_relu": "leaky_relu"}
+               "softmax": "softmax", "leaky_relu": "leaky_relu", "elu": "elu", "selu": "selu",
+               "gelu": "gelu", "silu": "silu", "swish": "silu", "softplus": "softplus",
+               "softsign": "softsign", "hard_sigmoid": "hard_sigmoid",
+               "exponential": "exponential", "relu6": "clipped_relu"}
+# The attributes of a string activation: Keras's defaults.
+ACTIVATION_ATTRS = {"leaky_relu": {"alpha": float(np.float32(0.2))}, "elu": {"alpha": 1.0},
+                    "clipped_relu": {"threshold": 0.0, "negative_slope": 0.0, "max_value": 6.0}}
 DROPPED = {"InputLayer", "Dropout", "AlphaDropout", "GaussianDropout", "GaussianNoise",
            "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "ActivityRegularization"}
 # A converter takes the layer and the per-sample shapes of the inputs of the call being
@@ -82,8 +88,7 @@ def _activation(name: Any, layer_name: str) -> list[Spec]:
     op = ACTIVATIONS[name]
     if op is None:
         return []
-    attrs = {"alpha": float(np.float32(0.2))} if op == "leaky_relu" else {}
-    return [(f"{layer_name}_{op}", op, attrs, {})]
+    return [(f"{layer_name}_{op}", op, dict(ACTIVATION_ATTRS.get(op, {})), {})]
 
 
 @converter("Dense")
@@ -108,14 +113,54 @@ def _activation_layer(layer, shapes) -> list[Spec]:
 @converter("ReLU")
 def _relu(layer, shapes) -> list[Spec]:
     config = layer.get_config()
-    if config.get("max_value") is not None:
-        raise Unsupported(f"ReLU max_value={config['max_value']} (a capped ReLU)")
-    if config.get("threshold", 0.0):
-        raise Unsupported(f"ReLU threshold={config['threshold']}")
+    cap, threshold = config.get("max_value"), config.get("threshold", 0.0) or 0.0
     slope = config.get("negative_slope", 0.0) or 0.0
+    if cap is not None or threshold:
+        attrs = {"threshold": float(np.float32(threshold)),
+                 "negative_slope": float(np.float32(slope))}
+        if cap is not None:
+            attrs["max_value"] = float(np.float32(cap))
+        return [(layer.name, "clipped_relu", attrs, {})]
     if slope:
         return [(layer.name, "leaky_relu", {"alpha": float(np.float32(slope))}, {})]
     return [(layer.name, "relu", {}, {})]
+
+
+@converter("ELU")
+def _elu(layer, shapes) -> list[Spec]:
+    return [(layer.name, "elu", {"alpha": float(np.float32(layer.get_config().get("alpha", 1.0)))},
+             {})]
+
+
+@converter("PReLU")
+def _prelu(layer, shapes) -> list[Spec]:
+    return [(layer.name, "prelu", {}, {"alpha": np.asarray(layer.alpha, np.float32)})]
+
+
+@converter("LayerNormalization")
+def _layer_normalization(layer, shapes) -> list[Spec]:
+    config = layer.get_config()
+    if config.get("rms_scaling"):
+        raise Unsupported("LayerNormalization with rms_scaling=True")
+    rank = len(shapes[0]) if shapes else len(layer.input.shape) - 1 if _has_input(layer) \
+        else None
+    axes = config.get("axis", -1)
+    axes = sorted(int(a) for a in (axes if isinstance(axes, (list, tuple)) else [axes]))
+    if rank is None:
+        raise Unsupported("LayerNormalization of unknown input rank")
+    axes = sorted(a - 1 if a > 0 else rank + a for a in axes)
+    if not axes or axes != list(range(axes[0], rank)) or axes[0] < 0:
+        raise Unsupported(f"LayerNormalization over axis {config.get('axis')} (only trailing "
+                          "axes)")
+    weights = {}
+    if config.get("scale", True):
+        weights["gamma"] = np.asarray(layer.gamma, np.float32)
+    if config.get("center", True):
+        weights["beta"] = np.asarray(layer.beta, np.float32)
+    return [(layer.name, "layer_norm", {"axis": axes[0],
+                                        "epsilon": float(np.float32(config.get("epsilon",
+                                                                                1e-3)))},
+             weights)]
 
 
 @converter("LeakyReLU")
@@ -131,11 +176,13 @@ def _leaky_relu(layer, shapes) -> list[Spec]:
 def _softmax(layer, shapes) -> list[Spec]:
     axis = layer.get_config().get("axis", -1)
     axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
-    rank = len(shapes[0]) + 1 if shapes else len(layer.input.shape) if _has_input(layer) \
+    rank = len(shapes[0]) if shapes else len(layer.input.shape) - 1 if _has_input(layer) \
         else None
-    if axis != -1 and (rank is None or axis != rank - 1):
-        raise Unsupported(f"Softmax over axis {axis} (only the last axis)")
-    return [(layer.name, "softmax", {}, {})]
+    if axis == -1:
+        return [(layer.name, "softmax", {}, {})]
+    if not isinstance(axis, int) or rank is None or not (0 < axis <= rank or -rank <= axis < 0):
+        raise Unsupported(f"Softmax over axis {axis} (one axis after the batch axis)")
+    return [(layer.name, "softmax", {"axis": axis - 1 if axis > 0 else rank + axis}, {})]
 
 
 @converter("Flatten")

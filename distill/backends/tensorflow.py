@@ -79,7 +79,7 @@ def _layers(keras, config: Config, prep) -> list:
         if kind == "dense":
             act = spec.get("activation")
             act = {"name": act} if isinstance(act, str) else act
-            fused = act["name"] if act and act["name"] != "leaky_relu" else None
+            fused = act["name"] if act and act["name"] not in SEPARATE else None
             layers.append(keras.layers.Dense(
                 spec["units"], activation=fused, use_bias=spec.get("use_bias", True),
                 kernel_initializer=_initializer(keras, spec.get("kernel_initializer",
@@ -87,13 +87,12 @@ def _layers(keras, config: Config, prep) -> list:
                 bias_initializer=_initializer(keras, spec.get("bias_initializer", "zeros"),
                                               seed + 500),
                 name=name))
-            if act and act["name"] == "leaky_relu":
-                layers.append(keras.layers.LeakyReLU(negative_slope=act.get("alpha", 0.2),
-                                                     name=f"{name}_leaky_relu"))
+            if act and act["name"] in SEPARATE:
+                layers.append(_with_alpha(keras, act["name"], act.get("alpha"),
+                                          f"{name}_{act['name']}"))
         elif kind == "activation":
-            if spec["activation"] == "leaky_relu":
-                layers.append(keras.layers.LeakyReLU(negative_slope=spec.get("alpha", 0.2),
-                                                     name=name))
+            if spec["activation"] in SEPARATE:
+                layers.append(_with_alpha(keras, spec["activation"], spec.get("alpha"), name))
             else:
                 layers.append(keras.layers.Activation(spec["activation"], name=name))
         elif kind == "dropout":
@@ -112,6 +111,16 @@ def _auto_name(kind: str, taken: set[str]) -> str:
         i += 1
         name = f"{kind}_{i}"
     return name
+
+
+# Activations with an alpha are layers of their own in Keras (a string activation would fix it).
+SEPARATE = ("leaky_relu", "elu")
+
+
+def _with_alpha(keras, activation: str, alpha: float | None, name: str):
+    if activation == "leaky_relu":
+        return keras.layers.LeakyReLU(negative_slope=0.2 if alpha is None else alpha, name=name)
+    return keras.layers.ELU(alpha=1.0 if alpha is None else alpha, name=name)
 
 
 def _initializer(keras, name: str, seed: int):

@@ -128,7 +128,10 @@ def export_name(model: ir.Model, target: Target, name: str | None) -> str:
 # the input values at its own index (merges: at its index in every input), or, for softmax, on
 # values its row has already read.
 IN_PLACE_OPS = frozenset({"normalize", "sigmoid", "tanh", "relu", "leaky_relu", "softmax",
-                          "add", "subtract", "multiply", "average", "maximum", "minimum"})
+                          "add", "subtract", "multiply", "average", "maximum", "minimum",
+                          "elu", "selu", "gelu", "gelu_tanh", "silu", "softplus", "softsign",
+                          "hard_sigmoid", "exponential", "clipped_relu", "prelu",
+                          "layer_norm"})
 
 
 def plan(model: ir.Model) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
@@ -348,7 +351,7 @@ def context(model: ir.Model, target: Target, name: str | None = None,
             for key, arr in sorted(node.weights.items()):
                 if id(arr) not in by_array:
                     values = arr
-                    if node.op == "normalize":  # stored broadcast to the input, one value each
+                    if node.op in ("normalize", "prelu"):  # broadcast to the input, one each
                         values = np.broadcast_to(arr, node.input_shape)
                     by_array[id(arr)] = {"ident": idents[node.name, key],
                                          "values": np.ascontiguousarray(values, np.float32),
@@ -361,8 +364,13 @@ def context(model: ir.Model, target: Target, name: str | None = None,
                 step["rows"] = prod(node.input_shape[:-1])
                 step["has_bias"] = "bias" in node.weights
             if node.op == "softmax":
-                step["rows"] = prod(node.output_shape[:-1])
-                step["width"] = node.output_shape[-1]
+                axis = node.attrs.get("axis", len(node.output_shape) - 1)
+                step["rows"] = prod(node.output_shape[:axis])
+                step["width"] = node.output_shape[axis]
+                step["inner"] = prod(node.output_shape[axis + 1:])
+            if node.op == "layer_norm":
+                step["rows"] = prod(node.output_shape[:node.attrs["axis"]])
+                step["group"] = prod(node.output_shape[node.attrs["axis"]:])
             if node.op == "concatenate":
                 axis = node.attrs["axis"]
                 step["outer"] = prod(node.output_shape[:axis])

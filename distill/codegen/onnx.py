@@ -40,6 +40,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .. import __version__, ir
 from ..errors import DistillError
+from ..ops import GELU_CUBIC, INV_SQRT2, SELU_ALPHA, SELU_SCALE, SQRT_2_OVER_PI
 from ..ops import MERGES as _MERGES
 
 OPSET = 17
@@ -146,7 +147,101 @@ def _leaky_relu(g: _Graph, node: ir.Node, x: str, y: str) -> None:
 
 @lowering("softmax")
 def _softmax(g: _Graph, node: ir.Node, x: str, y: str) -> None:
-    g.add("Softmax", [x], y, node.name, axis=-1)
+    axis = node.attrs["axis"] + 1 if "axis" in node.attrs else -1
+    g.add("Softmax", [x], y, node.name, axis=axis)
+
+
+for _op_name, _op_type in (("softplus", "Softplus"), ("softsign", "Softsign"),
+                           ("exponential", "Exp")):
+    _elementwise(_op_name, _op_type)
+
+
+def _scalar(g: _Graph, node: ir.Node, what: str, value: float) -> str:
+    return g.constant(f"{node.name}_{what}", np.array(value, np.float32))
+
+
+@lowering("elu")
+def _elu(g: _Graph, node: ir.Node, x: str, y: str) -> None:
+    g.add("Elu", [x], y, node.name, alpha=float(np.float32(node.attrs["alpha"])))
+
+
+@lowering("selu")
+def _selu(g: _Graph, node: ir.Node, x: str, y: str) -> None:
+    g.add("Selu", [x], y, node.name, alpha=float(SELU_ALPHA), gamma=float(SELU_SCALE))
+
+
+@lowering("gelu")
+def _gelu(g: _Graph, node: ir.Node, x: str, y: str) -> None:
+    # Gelu is an ONNX op from opset 20 on; below it, its definition in Mul, Erf and Add.
+    n = node.name
+    scaled = g.add("Mul", [x, _scalar(g, node, "inv_sqrt2", INV_SQRT2)], g.tensor(f"{n}_scaled"),
+                   f"{n}_scaled")
+    erf = g.add("Erf", [scaled], g.tensor(f"{n}_erf"), f"{n}_erf")
+    plus = g.add("Add", [erf, _scalar(g, node, "one", 1.0)], g.tensor(f"{n}_plus"), f"{n}_plus")
+    half = g.add("Mul", [x, _scalar(g, node, "half", 0.5)], g.tensor(f"{n}_half"), f"{n}_half")
+    g.add("Mul", [half, plus], y, n)
+
+
+@lowering("gelu_tanh")
+def _gelu_tanh(g: _Graph, node: ir.Node, x: str, y: str) -> None:
+    n = node.name
+    square = g.add("Mul", [x, x], g.tensor(f"{n}_square"), f"{n}_square")
+    cube = g.add("Mul", [square, x], g.tensor(f"{n}_cube"), f"{n}_cube")
+    cubic = g.add("Mul", [cube, _scalar(g, node, "cubic", GELU_CUBIC)], g.tensor(f"{n}_cubic"),
+                  f"{n}_cubic")
+    inner = g.add("Add", [x, cubic], g.tensor(f"{n}_inner"), f"{n}_inner")
+    scaled = g.add("Mul", [inner, _scalar(g, node, "scale", SQRT_2_OVER_PI)],
+                   g.tensor(f"{n}_scaled"), f"{n}_scaled")
+    t = g.add("Tanh", [scaled], g.tensor(f"{n}_tanh"), f"{n}_tanh")
+    plus = g.add("Add", [t, _scalar(g, node, "one", 1.0)], g.tensor(f"{n}_plus"), f"{n}_plus")
+    half = g.add("Mul", [x, _scalar(g, node, "half", 0.5)], g.tensor(f"{n}_half"), f"{n}_half")
+    g.add("Mul", [half, plus], y, n)
+
+
+@lowering("silu")
+def _silu(g: _Graph, node: ir.Node, x: str, y: str) -> None:
+    s = g.add("Sigmoid", [x], g.tensor(f"{node.name}_sigmoid"), f"{node.name}_sigmoid")
+    g.add("Mul", [x, s], y, node.name)
+
+
+@lowering("hard_sigmoid")
+def _hard_sigmoid(g: _Graph, node: ir.Node, x: str, y: str) -> None:
+    # ONNX's HardSigmoid is max(0, min(1, alpha * x + beta)): Keras 3's relu6(x + 3) / 6 with
+    # alpha = 1/6 and beta = 1/2, to within a rounding.
+    g.add("HardSigmoid", [x], y, node.name, alpha=float(np.float32(1 / 6)), beta=0.5)
+
+
+@lowering("clipped_relu")
+def _clipped_relu(g: _Graph, node: ir.Node, x: str, y: str) -> None:
+    n, a = node.name, node.attrs
+    t = _scalar(g, node, "threshold", a["threshold"])
+    zero = _scalar(g, node, "zero", 0.0)
+    above = g.add("Greater", [x, t], g.tensor(f"{n}_above"), f"{n}_above")
+    pos = g.add("Where", [above, x, zero], g.tensor(f"{n}_pos"), f"{n}_pos")
+    if "max_value" in a:
+        pos = g.add("Min", [pos, _scalar(g, node, "max_value", a["max_value"])],
+                    g.tensor(f"{n}_capped"), f"{n}_capped")
+    below = g.add("Sub", [t, x], g.tensor(f"{n}_below"), f"{n}_below")
+    below = g.add("Relu", [below], g.tensor(f"{n}_below_relu"), f"{n}_below_relu")
+    neg = g.add("Mul", [below, _scalar(g, node, "negative_slope", a["negative_slope"])],
+                g.tensor(f"{n}_neg"), f"{n}_neg")
+    g.add("Sub", [pos, neg], y, n)
+
+
+@lowering("prelu")
+def _prelu(g: _Graph, node: ir.Node, x: str, y: str) -> None:
+    g.add("PRelu", [x, g.weight(node, "alpha")], y, node.name)
+
+
+@lowering("layer_norm")
+def _layer_norm(g: _Graph, node: ir.Node, x: str, y: str) -> None:
+    # LayerNormalization (opset 17) needs a scale: ones where the IR has no gamma.
+    shape = node.output_shape[node.attrs["axis"]:]
+    scale = g.weight(node, "gamma") if "gamma" in node.weights else \
+        g.constant(f"{node.name}_ones", np.ones(shape, np.float32))
+    inputs = [x, scale] + ([g.weight(node, "beta")] if "beta" in node.weights else [])
+    g.add("LayerNormalization", inputs, y, node.name, axis=node.attrs["axis"] + 1,
+          epsilon=float(np.float32(node.attrs["epsilon"])))
 
 
 @lowering("flatten")
