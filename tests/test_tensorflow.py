@@ -330,3 +330,29 @@ def test_a_checkpoint_folder_of_another_config_is_refused(tmp_path):
         tf_train(config, checkpoint=folder, resume=True, verbose=0)
     (folder / "distill-run.json").write_text('{"run": "' + config.fingerprint() + '"}\n')
     tf_train(config, checkpoint=folder, resume=True, verbose=0)
+
+
+def test_configs_train_the_new_activations_on_both_backends(tmp_path):
+    """A config naming the activations Keras has strings for (elu with its alpha) trains on
+    the NumPy core and on Keras, and both models export and verify everywhere."""
+    from distill.backends import train
+    from distill.config import load_config
+    layers = "".join(f'[[model.layers]]\ntype = "dense"\nunits = 4\nactivation = {a}\n\n'
+                     for a in ('{name = "elu", alpha = 0.5}', '"selu"', '"gelu"', '"silu"',
+                               '"softplus"', '"softsign"', '"hard_sigmoid"'))
+    path = tmp_path / "acts.toml"
+    path.write_text(f'name = "acts"\nseed = 0\n\n[data]\nsource = "blobs"\ntest = 0.2\n\n'
+                    f'{layers}[[model.layers]]\ntype = "dense"\nunits = 1\n'
+                    'activation = "sigmoid"\n\n[training]\nloss = "binary_crossentropy"\n'
+                    'optimizer = {name = "adam", learning_rate = 0.01}\nbatch_size = 32\n'
+                    'epochs = 5\nmetrics = ["accuracy"]\n')
+    config = load_config(path)
+    for backend in ("numpy", "tensorflow"):
+        result = train(config, backend, verbose=0)
+        ops = [n.op for n in result.model.nodes]
+        assert ops.count("elu") == 1 and {"selu", "gelu", "silu", "softplus", "softsign",
+                                          "hard_sigmoid"} <= set(ops), (backend, ops)
+        assert result.model.node("dense_elu").attrs["alpha"] == 0.5
+        assert result.metrics["test"]["accuracy"] >= 0.9, (backend, result.metrics)
+        for r in verify(result.model, LANGS, samples=16):
+            assert r.ok, r.line()
