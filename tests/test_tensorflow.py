@@ -224,7 +224,7 @@ def test_functional_graph(tmp_path, suffix):
 def test_every_activation_and_normalization_layer(tmp_path, suffix):
     """Keras's string activations, ELU, PReLU (shared axes), LayerNormalization (with and
     without gamma and beta, over one axis and two), ReLU with its options, Softmax on an inner
-    axis, each on its own output."""
+    axis and BatchNormalization, each on its own output."""
     inp = keras.Input((2, 4))
     h = keras.layers.Dense(4, activation="elu")(inp)
     outs = [keras.layers.Dense(4, activation=a)(h) for a in (
@@ -241,6 +241,11 @@ def test_every_activation_and_normalization_layer(tmp_path, suffix):
         keras.layers.ReLU(threshold=0.3)(h),
         keras.layers.Softmax(axis=1)(h),
         keras.layers.Activation("gelu")(h),
+        keras.layers.BatchNormalization(  # inference-time statistics: a standardization
+            beta_initializer="random_normal",
+            gamma_initializer=keras.initializers.RandomUniform(-2, 2),
+            moving_mean_initializer="random_normal",
+            moving_variance_initializer=keras.initializers.RandomUniform(0.1, 3))(h),
     ]
     imported = three_way(keras.Model(inp, outs, name="activations"), tmp_path, suffix)
     assert {"elu", "selu", "gelu", "silu", "softplus", "softsign", "hard_sigmoid",
@@ -257,9 +262,9 @@ def test_a_layer_with_two_inputs_that_is_no_merge_is_refused_by_name():
 
 
 def test_unsupported_layers_are_all_listed_and_the_cli_exits_2(tmp_path):
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="mish"),
-                              keras.layers.BatchNormalization(name="bn"),
-                              keras.layers.LayerNormalization(rms_scaling=True, name="rms"),
+    model = keras.Sequential([keras.Input((2, 4)), keras.layers.Dense(3, activation="mish"),
+                              keras.layers.UnitNormalization(name="unit"),
+                              keras.layers.BatchNormalization(axis=1, name="bn"),
                               keras.layers.Softmax(axis=0, name="sm")])
     path = tmp_path / "bad.keras"
     model.save(path)
@@ -267,7 +272,8 @@ def test_unsupported_layers_are_all_listed_and_the_cli_exits_2(tmp_path):
                            str(tmp_path / "bad.distill")], capture_output=True, text=True)
     assert proc.returncode == 2, proc.stderr
     err = proc.stderr.strip().splitlines()[-1]
-    for fragment in ("'mish'", "'bn' (BatchNormalization)", "rms_scaling=True", "axis 0"):
+    for fragment in ("'mish'", "'unit' (UnitNormalization)", "'bn' (BatchNormalization)",
+                     "axis 1", "axis 0"):
         assert fragment in err, err
     assert not (tmp_path / "bad.distill").exists()
 

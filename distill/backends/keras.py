@@ -197,6 +197,30 @@ def _reshape(layer, shapes) -> list[Spec]:
     return [(layer.name, "reshape", {"shape": [int(d) for d in layer.target_shape]}, {})]
 
 
+@converter("BatchNormalization")
+def _batch_normalization(layer, shapes) -> list[Spec]:
+    """Inference-time batch normalization, gamma * (x - mean) / sqrt(variance + epsilon) +
+    beta per channel, is a standardization (x - m) / s with s = sqrt(variance + epsilon) /
+    gamma and m = mean - beta * s, computed in double."""
+    config = layer.get_config()
+    axis = config.get("axis", -1)
+    axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
+    rank = len(shapes[0]) if shapes else None
+    if axis != -1 and (rank is None or axis != rank):
+        raise Unsupported(f"BatchNormalization over axis {axis} (only the last, channels)")
+    if config.get("renorm"):
+        raise Unsupported("BatchNormalization with renorm=True")
+    f64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
+    mean, variance = f64(layer.moving_mean), f64(layer.moving_variance)
+    gamma = f64(layer.gamma) if config.get("scale", True) else np.ones_like(mean)
+    beta = f64(layer.beta) if config.get("center", True) else np.zeros_like(mean)
+    if (gamma == 0).any():
+        raise Unsupported("BatchNormalization with a zero gamma")
+    std = np.sqrt(variance + config.get("epsilon", 1e-3)) / gamma
+    return [(layer.name, "normalize", {}, {"mean": (mean - beta * std).astype(np.float32),
+                                           "std": std.astype(np.float32)})]
+
+
 @converter("Normalization")
 def _normalization(layer, shapes) -> list[Spec]:
     config = layer.get_config()
