@@ -343,6 +343,165 @@ def flatten(x, attrs, w):
     return ad.reshape(x, (x.shape[0], -1))
 
 
+# ------------------------------------------------------------------------ convolutions, pooling
+# Channels last, as Keras: a sample is (*spatial, channels), spatial of rank 1 or 2. Windows
+# are gathered (im2col) into rows and multiplied by the kernel, so the autodiff core trains a
+# convolution with the primitives it has. `pads` holds the zeros added before each spatial
+# axis, then after each ("same" padding is resolved by the importer).
+
+def _ints(attrs, key: str, rank: int, low: int) -> list[int]:
+    values = attrs[key]
+    if (len(values) != rank or not all(isinstance(v, int) and not isinstance(v, bool)
+                                       and v >= low for v in values)):
+        raise ValueError(f"{key} must be {rank} integers of at least {low}, not {values}")
+    return list(values)
+
+
+def _windows(s: Shape, window: list[int], attrs) -> tuple[Shape, list[int], list[int],
+                                                             list[int]]:
+    """The output's spatial shape, and the strides, dilation and pads, checked."""
+    rank = len(s) - 1
+    if rank not in (1, 2):
+        raise ValueError(f"takes inputs of 1 or 2 spatial axes and channels, not {s}")
+    strides = _ints(attrs, "strides", rank, 1)
+    dilation = _ints(attrs, "dilation", rank, 1) if "dilation" in attrs else [1] * rank
+    pads = _ints(attrs, "pads", 2 * rank, 0)
+    out = []
+    for n, k, st, d, before, after in zip(s[:-1], window, strides, dilation, pads[:rank],
+                                          pads[rank:]):
+        span = d * (k - 1) + 1
+        if n + before + after < span:
+            raise ValueError(f"a window of {span} does not fit an axis of {n} (padded: "
+                             f"{n + before + after})")
+        out.append((n + before + after - span) // st + 1)
+    return tuple(out), strides, dilation, pads
+
+
+def window_index(s: Shape, window: list[int], attrs) -> np.ndarray:
+    """(outputs, window) positions into the padded input's flattened spatial axes: row o
+    holds the positions that output position o reads, in row-major window order."""
+    out, strides, dilation, pads = _windows(s, window, attrs)
+    rank = len(out)
+    padded = [n + pads[i] + pads[rank + i] for i, n in enumerate(s[:-1])]
+    grids = np.meshgrid(*[np.arange(o) * st for o, st in zip(out, strides)], indexing="ij")
+    offsets = np.meshgrid(*[np.arange(k) * d for k, d in zip(window, dilation)], indexing="ij")
+    index = np.zeros((prod(out), prod(window)), np.int64)
+    for axis in range(rank):
+        stride = prod(padded[axis + 1:])
+        index += (grids[axis].reshape(-1, 1) + offsets[axis].reshape(1, -1)) * stride
+    return index
+
+
+def _pad(x, pads: list[int], value: float):
+    rank = len(pads) // 2
+    for axis in range(rank):
+        for side, width in ((0, pads[axis]), (1, pads[rank + axis])):
+            if width:
+                shape = list(x.shape)
+                shape[axis + 1] = width
+                fill = ad.constant(np.full(shape, value, x.data.dtype))
+                x = ad.concatenate([fill, x] if side == 0 else [x, fill], axis=axis + 1)
+    return x
+
+
+def _gather(x, window: list[int], attrs, value: float):
+    """(N, outputs, window, channels): the windows of x, padded with `value`."""
+    index = window_index(x.shape[1:], window, attrs)
+    xp = _pad(x, list(attrs["pads"]), value)
+    flat = ad.reshape(xp, (xp.shape[0], -1, xp.shape[-1]))
+    return flat[(slice(None), index)]
+
+
+def _conv_shape(s: Shape, attrs, w) -> Shape:
+    kernel = w["kernel"].shape
+    groups = attrs["groups"]
+    if len(kernel) != len(s) + 1 or groups < 1 or s[-1] != kernel[-2] * groups or \
+            kernel[-1] % groups:
+        raise ValueError(f"kernel of shape {kernel} with {groups} groups does not fit an input "
+                         f"of shape {s} (kernel: *window, channels / groups, filters)")
+    if "bias" in w and w["bias"].shape != (kernel[-1],):
+        raise ValueError(f"bias of shape {w['bias'].shape} does not fit kernel {kernel}")
+    out, *_ = _windows(s, list(kernel[:-2]), attrs)
+    return (*out, kernel[-1])
+
+
+@op("conv", shape=_conv_shape, weights=("kernel",), optional_weights=("bias",),
+    attrs={"strides": list, "pads": list, "groups": int}, optional_attrs={"dilation": list},
+    macs=lambda i, o: 0)
+def conv(x, attrs, w):
+    """y[o, f] = bias[f] + sum over the window and the group's channels of x * kernel; kernel
+    (*window, channels / groups, filters) as in Keras; groups == channels is depthwise."""
+    kernel = w["kernel"]
+    window, cin, filters = list(kernel.shape[:-2]), kernel.shape[-2], kernel.shape[-1]
+    out, *_ = _windows(x.shape[1:], window, attrs)
+    cols = _gather(x, window, attrs, 0.0)  # (N, O, K, C)
+    n, o, k = cols.shape[0], cols.shape[1], cols.shape[2]
+    groups, per = attrs["groups"], filters // attrs["groups"]
+    flat = kernel.reshape(-1, cin, filters)
+    parts = []
+    for g in range(groups):
+        rows = ad.reshape(cols[:, :, :, g * cin:(g + 1) * cin], (n, o, k * cin))
+        parts.append(ad.matmul(rows, flat[:, :, g * per:(g + 1) * per].reshape(k * cin, per)))
+    y = parts[0] if groups == 1 else ad.concatenate(parts, axis=-1)
+    if "bias" in w:
+        y = y + w["bias"]
+    return ad.reshape(y, (n, *out, filters))
+
+
+def _pool_shape(s: Shape, attrs, w) -> Shape:
+    out, *_ = _windows(s, _ints(attrs, "pool", len(s) - 1, 1), attrs)
+    return (*out, s[-1])
+
+
+@op("max_pool", shape=_pool_shape, attrs={"pool": list, "strides": list, "pads": list})
+def max_pool(x, attrs, w):
+    """The largest value of each window, per channel (padding never wins)."""
+    return ad.max(_gather(x, list(attrs["pool"]), attrs, -np.inf), axis=2).reshape(
+        (x.shape[0], *_pool_shape(x.shape[1:], attrs, w)))
+
+
+@op("avg_pool", shape=_pool_shape, attrs={"pool": list, "strides": list, "pads": list})
+def avg_pool(x, attrs, w):
+    """The mean of each window's values, per channel; padding is not counted (as Keras's
+    "same" padding): the sum over the window divided by its number of real values."""
+    window = list(attrs["pool"])
+    counts = _pad(ad.constant(np.ones((1, *x.shape[1:-1], 1), np.float32)), list(attrs["pads"]),
+                  0.0).data.reshape(-1)[window_index(x.shape[1:], window, attrs)].sum(axis=1)
+    total = ad.sum(_gather(x, window, attrs, 0.0), axis=2)
+    return (total / counts.reshape(1, -1, 1).astype(np.float32)).reshape(
+        (x.shape[0], *_pool_shape(x.shape[1:], attrs, w)))
+
+
+def _global_shape(s: Shape, attrs, w) -> Shape:
+    if len(s) < 2:
+        raise ValueError(f"takes inputs of spatial axes and channels, not {s}")
+    return (s[-1],)
+
+
+@op("global_avg_pool", shape=_global_shape)
+def global_avg_pool(x, attrs, w):
+    """The mean over all spatial positions, per channel."""
+    return ad.mean(ad.reshape(x, (x.shape[0], -1, x.shape[-1])), axis=1)
+
+
+@op("global_max_pool", shape=_global_shape)
+def global_max_pool(x, attrs, w):
+    """The largest value over all spatial positions, per channel."""
+    return ad.max(ad.reshape(x, (x.shape[0], -1, x.shape[-1])), axis=1)
+
+
+def _zero_pad_shape(s: Shape, attrs, w) -> Shape:
+    rank = len(s) - 1
+    pads = _ints(attrs, "pads", 2 * rank, 0)
+    return (*[n + pads[i] + pads[rank + i] for i, n in enumerate(s[:-1])], s[-1])
+
+
+@op("zero_pad", shape=_zero_pad_shape, attrs={"pads": list})
+def zero_pad(x, attrs, w):
+    """Zeros around the spatial axes: pads before each axis, then after each."""
+    return _pad(x, list(attrs["pads"]), 0.0)
+
+
 # ------------------------------------------------------------------------------------- merges
 # Keras's merge layers. Inputs are combined left to right, x0 op x1 op x2 ..., one rounding
 # per operation, which is the order every target follows.

@@ -64,6 +64,7 @@ def graph_models(rng):
     def r(*shape):
         return rng.normal(size=shape).astype(np.float32)
     shared = {"kernel": r(4, 4), "bias": r(4)}
+    prelu_alpha, norm_mean, norm_std = np.abs(r(1, 4)), r(4), np.abs(r(4)) + 0.5
     return [
         ir.make_model("graph", {"a": (2, 4), "b": (2, 4), "c": (3, 4)}, [
             ("da", "dense", {}, shared, "a"),
@@ -90,6 +91,22 @@ def graph_models(rng):
             ("s", "sigmoid", {}, {}),
         ]),
         activations(rng),
+        *convolutions(rng),
+        # an in-place merge whose first input comes again; shared broadcast weights on two
+        # input shapes; one N-D output of two inputs
+        ir.make_model("repeats", {"a": (2, 4), "b": (3, 4)}, [
+            ("d", "dense", {}, {"kernel": r(4, 4)}, "a"),
+            ("e", "dense", {}, {"kernel": r(4, 4)}, "a"),
+            ("s", "add", {}, {}, ["d", "d", "d"]),
+            ("m", "multiply", {}, {}, ["s", "e", "s"]),
+            ("v", "average", {}, {}, ["m", "e", "m"]),
+            ("p", "prelu", {}, {"alpha": prelu_alpha}, "v"),
+            ("q", "prelu", {}, {"alpha": prelu_alpha}, "b"),
+            ("n", "normalize", {}, {"mean": norm_mean, "std": norm_std}, "p"),
+            ("o", "normalize", {}, {"mean": norm_mean, "std": norm_std}, "q"),
+        ], outputs=["n", "o"]),
+        ir.make_model("two_in_one_out", {"a": (2, 4), "b": (2, 4)}, [
+            ("s", "add", {}, {}, ["a", "b"])]),
         ir.make_model("passthrough", {"p": (3,), "q": (2, 2)}, [
             ("f", "flatten", {}, {}, "q")], outputs=["f", "p", "q"]),
     ]
@@ -125,3 +142,33 @@ def activations(rng):
             weights = {key: r(*shape) for key, shape in weights.items()}
         layers.append((f"{op}_{k}", op, attrs, weights, "d"))
     return ir.make_model("activations", (2, 3, 3), layers, outputs=[n for n, *_ in layers[1:]])
+
+
+def convolutions(rng):
+    """2-D and 1-D: strides, padding on each side, dilation, groups and depthwise, bias or
+    none, max and average pooling with padding, zero padding, both global poolings."""
+    from distill import ir
+
+    def r(*shape):
+        return rng.normal(size=shape).astype(np.float32)
+    return [
+        ir.make_model("conv2d", (7, 6, 4), [
+            ("c", "conv", {"strides": [1, 2], "pads": [1, 1, 1, 1], "groups": 2,
+                           "dilation": [1, 1]}, {"kernel": r(3, 3, 2, 6), "bias": r(6)}),
+            ("r", "relu", {}, {}),
+            ("mp", "max_pool", {"pool": [2, 2], "strides": [2, 1], "pads": [0, 0, 1, 1]}, {}),
+            ("ap", "avg_pool", {"pool": [2, 2], "strides": [1, 1], "pads": [1, 0, 0, 1]}, {}),
+            ("z", "zero_pad", {"pads": [1, 0, 0, 2]}, {}),
+            ("dw", "conv", {"strides": [1, 1], "pads": [0, 0, 0, 0], "groups": 6,
+                            "dilation": [2, 1]}, {"kernel": r(2, 2, 1, 12)}),
+            ("g", "global_avg_pool", {}, {}, "dw"), ("gm", "global_max_pool", {}, {}, "dw"),
+        ], outputs=["g", "gm", "z"]),
+        ir.make_model("conv1d", (9, 3), [
+            ("c", "conv", {"strides": [2], "pads": [2, 0], "groups": 1, "dilation": [2]},
+             {"kernel": r(3, 3, 5), "bias": r(5)}),
+            ("mp", "max_pool", {"pool": [2], "strides": [1], "pads": [0, 1]}, {}),
+            ("ap", "avg_pool", {"pool": [3], "strides": [2], "pads": [1, 1]}, {}),
+            ("z", "zero_pad", {"pads": [1, 2]}, {}),
+            ("g", "global_avg_pool", {}, {}),
+        ]),
+    ]

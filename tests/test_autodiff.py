@@ -1,6 +1,8 @@
 """The autodiff core: every primitive and fused op against central differences (float64),
 broadcasting, ties, fan-out, dtypes, and the tape's contract."""
 
+from math import prod
+
 import numpy as np
 import pytest
 
@@ -319,7 +321,17 @@ OP_GRADIENT_CASES = {
     "layer_norm": ({"axis": 1, "epsilon": 1e-3}, {"gamma": np.arange(1.0, 5.0),
                                                    "beta": np.arange(4.0)}),
     "softmax": ({"axis": 0}, {}),
+    "conv": ({"strides": [1, 2], "pads": [1, 0, 0, 1], "groups": 2, "dilation": [2, 1]},
+             {"kernel": np.linspace(-1, 1, 2 * 2 * 2 * 4).reshape(2, 2, 2, 4),
+              "bias": np.arange(4.0)}),
+    "max_pool": ({"pool": [2, 2], "strides": [1, 1], "pads": [1, 0, 0, 1]}, {}),
+    "avg_pool": ({"pool": [2, 2], "strides": [1, 2], "pads": [1, 1, 0, 1]}, {}),
+    "zero_pad": ({"pads": [1, 0, 2, 1]}, {}),
+    "global_avg_pool": ({}, {}), "global_max_pool": ({}, {}),
 }
+
+
+WINDOWED = ("conv", "max_pool", "avg_pool", "zero_pad", "global_avg_pool", "global_max_pool")
 
 
 @pytest.mark.parametrize("op_name", sorted(OP_GRADIENT_CASES) + list(ops.MERGES))
@@ -327,7 +339,8 @@ def test_op_gradients_match_central_difference(op_name):
     opdef = ops.OPS[op_name]
     rng = np.random.default_rng(3)
     # away from the kinks (0, the threshold, the cap, +-3), where a difference quotient is wrong
-    x = rng.uniform(0.05, 2.5, size=(3, 2, 4)) * rng.choice([-1, 1], size=(3, 2, 4))
+    shape = (2, 4, 3, 4) if op_name in WINDOWED else (3, 2, 4)  # 2-D and channels, or not
+    x = rng.uniform(0.05, 2.5, size=shape) * rng.choice([-1, 1], size=shape)
     if op_name in ops.MERGES:
         attrs = {"axis": 1} if op_name == "concatenate" else {}
         count = 2 if op_name == "subtract" else 3
@@ -338,5 +351,6 @@ def test_op_gradients_match_central_difference(op_name):
     attrs, weights = OP_GRADIENT_CASES[op_name]
     x = np.where(np.abs(x - 0.3) < 0.05, 0.5, x)
     x = np.where(np.abs(np.abs(x) - 3) < 0.05, 2.0, x)
-    spread = np.linspace(-1.0, 1.5, 24).reshape(3, 2, 4)  # a different weight for each output
+    out = ops.output_shape(opdef, [x.shape[1:]], attrs, weights)
+    spread = np.linspace(-1.0, 1.5, len(x) * prod(out)).reshape(len(x), *out)  # one each
     assert check_gradients(lambda t: ops.forward(opdef, [t], attrs, weights) * spread, x) < 1e-5

@@ -94,6 +94,19 @@ OP_CASES["layer_norm"] = [
     ("all_axes_plain", (2, 3), lambda r: [("n", "layer_norm", {"axis": 0, "epsilon": 1e-5}, {})]),
 ]
 OP_CASES["softmax"].append(("first_axis", (3, 2), lambda r: [("a", "softmax", {"axis": 0}, {})]))
+OP_CASES["conv"] = [
+    ("2d_groups_bias", (5, 4, 4), lambda r: [("c", "conv", {
+        "strides": [2, 1], "pads": [1, 0, 1, 2], "groups": 2, "dilation": [1, 2]},
+        {"kernel": randn(r, 3, 2, 2, 6), "bias": randn(r, 6)})]),
+    ("1d_plain", (6, 2), lambda r: [("c", "conv", {"strides": [1], "pads": [0, 0],
+                                                   "groups": 1}, {"kernel": randn(r, 3, 2, 3)})]),
+]
+for _pool in ("max_pool", "avg_pool"):
+    OP_CASES[_pool] = [("2d", (5, 4, 2), lambda r, p=_pool: [
+        (p, p, {"pool": [2, 3], "strides": [2, 1], "pads": [0, 1, 1, 1]}, {})])]
+OP_CASES["zero_pad"] = [("1d", (4, 2), lambda r: [("z", "zero_pad", {"pads": [2, 1]}, {})])]
+OP_CASES["global_avg_pool"] = [("2d", (3, 2, 4), lambda r: [("g", "global_avg_pool", {}, {})])]
+OP_CASES["global_max_pool"] = [("1d", (5, 2), lambda r: [("g", "global_max_pool", {}, {})])]
 for _merge in ("add", "multiply", "average", "maximum", "minimum"):
     OP_CASES[_merge].append(("three_with_repeat", {"a": (3,), "b": (3,)}, lambda r, m=_merge: [
         ("m", m, {}, {}, ["a", "b", "a"])]))

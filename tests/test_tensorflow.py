@@ -253,6 +253,55 @@ def test_every_activation_and_normalization_layer(tmp_path, suffix):
         {n.op for n in imported.nodes}
 
 
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_convolutions_and_pooling(tmp_path, suffix):
+    """Conv1D/2D (strides, same, valid and causal padding, dilation, groups), depthwise and
+    separable convolutions, max and average pooling (same padding: padding not counted), zero
+    padding and both global poolings, on two inputs."""
+    inp = keras.Input((9, 8, 3))
+    h = keras.layers.Conv2D(6, 3, padding="same", activation="relu", strides=(2, 1))(inp)
+    h = keras.layers.ZeroPadding2D(((1, 0), (0, 2)))(h)
+    h = keras.layers.DepthwiseConv2D(2, depth_multiplier=2, dilation_rate=(1, 2))(h)
+    h = keras.layers.MaxPooling2D(2, padding="same")(h)
+    h = keras.layers.SeparableConv2D(4, 3, padding="same")(h)
+    h = keras.layers.AveragePooling2D((2, 2), strides=1, padding="same")(h)
+    h = keras.layers.Conv2D(4, 1, groups=2)(h)
+    pooled = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling2D()(h),
+                                         keras.layers.GlobalMaxPooling2D()(h)])
+    signal = keras.Input((30, 2))
+    c = keras.layers.Conv1D(4, 3, padding="causal", dilation_rate=2)(signal)
+    c = keras.layers.Conv1D(4, 3, padding="same", strides=2)(c)
+    c = keras.layers.ZeroPadding1D((1, 2))(c)
+    c = keras.layers.MaxPooling1D(2)(c)
+    c = keras.layers.AveragePooling1D(3, strides=2, padding="same")(c)
+    c = keras.layers.SeparableConv1D(3, 2)(c)
+    c = keras.layers.DepthwiseConv1D(2)(c)
+    c = keras.layers.GlobalAveragePooling1D()(c)
+    model = keras.Model([inp, signal], [keras.layers.Dense(3, activation="softmax")(pooled), c,
+                                        keras.layers.Flatten()(h)], name="convs")
+    imported = three_way(model, tmp_path, suffix)
+    assert {"conv", "max_pool", "avg_pool", "zero_pad", "global_avg_pool",
+            "global_max_pool"} <= {n.op for n in imported.nodes}
+
+
+def test_a_shared_layer_on_inputs_of_two_sizes_gets_each_its_own_options():
+    """A shared Conv2D with "same" padding pads a 5x5 and a 6x6 input differently, and a shared
+    LayerNormalization normalizes the last axis of a rank-1 and a rank-2 input; the kernels
+    stay one array."""
+    conv = keras.layers.Conv2D(2, 3, strides=2, padding="same")
+    norm = keras.layers.LayerNormalization(gamma_initializer="random_normal")
+    a, b = keras.Input((5, 5, 1)), keras.Input((6, 6, 1))
+    c, d = keras.Input((4,)), keras.Input((2, 4))
+    model = keras.Model([a, b, c, d], [conv(a), conv(b), norm(c), norm(d)])
+    imported = import_keras(model)
+    convs = [n for n in imported.nodes if n.op == "conv"]
+    assert [n.attrs["pads"] for n in convs] == [[1, 1, 1, 1], [0, 0, 1, 1]]
+    assert convs[0].weights["kernel"] is convs[1].weights["kernel"]
+    norms = [n for n in imported.nodes if n.op == "layer_norm"]
+    assert [n.attrs["axis"] for n in norms] == [0, 1]
+    assert norms[0].weights["gamma"] is norms[1].weights["gamma"]
+
+
 def test_a_layer_with_two_inputs_that_is_no_merge_is_refused_by_name():
     inp = keras.Input((4,))
     a = keras.layers.Dense(4)(inp)

@@ -241,6 +241,136 @@ def _normalization(layer, shapes) -> list[Spec]:
     return [(layer.name, "normalize", {}, {"mean": mean, "std": std.astype(np.float32)})]
 
 
+def _tuple(value: Any, rank: int) -> list[int]:
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * rank
+    return [int(v) for v in values]
+
+
+def _pads(padding: str, shape, window: list[int], strides: list[int],
+          dilation: list[int]) -> list[int]:
+    """IR pads (before each axis, then after each) for Keras's "valid", "same" or "causal"."""
+    rank = len(window)
+    if padding == "valid":
+        return [0] * (2 * rank)
+    if padding == "causal":
+        return [d * (k - 1) for k, d in zip(window, dilation)] + [0] * rank
+    if padding != "same":
+        raise Unsupported(f"padding={padding!r}")
+    before, after = [], []
+    for n, k, st, d in zip(shape, window, strides, dilation):
+        total = max((-(-n // st) - 1) * st + d * (k - 1) + 1 - n, 0)
+        before.append(total // 2)
+        after.append(total - total // 2)
+    return before + after
+
+
+def _windowed_config(layer, shapes, window: list[int]) -> dict[str, Any]:
+    config = layer.get_config()
+    if config.get("data_format", "channels_last") != "channels_last":
+        raise Unsupported(f"data_format={config['data_format']!r} (only channels_last)")
+    if shapes is None:
+        raise Unsupported(f"{type(layer).__name__} outside a functional or Sequential model")
+    rank = len(window)
+    if len(shapes[0]) != rank + 1:
+        raise Unsupported(f"an input of shape {shapes[0]}")
+    strides = _tuple(config.get("strides") or window, rank)
+    dilation = _tuple(config.get("dilation_rate", 1), rank)
+    return {"strides": strides, "dilation": dilation,
+            "pads": _pads(config.get("padding", "valid"), shapes[0][:-1], window, strides,
+                          dilation)}
+
+
+@converter("Conv1D", "Conv2D")
+def _conv(layer, shapes) -> list[Spec]:
+    config = layer.get_config()
+    kernel = np.asarray(layer.kernel, np.float32)
+    attrs = _windowed_config(layer, shapes, list(kernel.shape[:-2]))
+    attrs["groups"] = int(config.get("groups", 1))
+    if not any(d > 1 for d in attrs["dilation"]):
+        del attrs["dilation"]
+    weights = {"kernel": kernel}
+    if config.get("use_bias", True):
+        weights["bias"] = np.asarray(layer.bias, np.float32)
+    return [(layer.name, "conv", attrs, weights)] + _activation(config.get("activation"),
+                                                                layer.name)
+
+
+def _depthwise_kernel(layer) -> np.ndarray:
+    """A depthwise kernel (*window, channels, multiplier) as a grouped conv's
+    (*window, 1, channels * multiplier): group c makes outputs c * multiplier + m."""
+    k = np.asarray(layer.depthwise_kernel if hasattr(layer, "depthwise_kernel") else layer.kernel,
+                   np.float32)
+    return k.reshape(*k.shape[:-2], 1, k.shape[-2] * k.shape[-1])
+
+
+@converter("DepthwiseConv1D", "DepthwiseConv2D")
+def _depthwise(layer, shapes) -> list[Spec]:
+    config = layer.get_config()
+    kernel = _depthwise_kernel(layer)
+    attrs = _windowed_config(layer, shapes, list(kernel.shape[:-2]))
+    attrs["groups"] = shapes[0][-1]
+    weights = {"kernel": kernel}
+    if config.get("use_bias", True):
+        weights["bias"] = np.asarray(layer.bias, np.float32)
+    return [(layer.name, "conv", attrs, weights)] + _activation(config.get("activation"),
+                                                                layer.name)
+
+
+@converter("SeparableConv1D", "SeparableConv2D")
+def _separable(layer, shapes) -> list[Spec]:
+    """A depthwise convolution, then a 1x1 one (the pointwise kernel), then the bias."""
+    config = layer.get_config()
+    kernel = _depthwise_kernel(layer)
+    attrs = _windowed_config(layer, shapes, list(kernel.shape[:-2]))
+    attrs["groups"] = shapes[0][-1]
+    rank = kernel.ndim - 2
+    pointwise = {"kernel": np.asarray(layer.pointwise_kernel, np.float32)}
+    if config.get("use_bias", True):
+        pointwise["bias"] = np.asarray(layer.bias, np.float32)
+    return [(f"{layer.name}_depthwise", "conv", attrs, {"kernel": kernel}),
+            (layer.name, "conv", {"strides": [1] * rank, "pads": [0] * (2 * rank),
+                                  "groups": 1}, pointwise)] + \
+        _activation(config.get("activation"), layer.name)
+
+
+@converter("MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D")
+def _pooling(layer, shapes) -> list[Spec]:
+    rank = int(type(layer).__name__[-2])
+    pool = _tuple(layer.get_config()["pool_size"], rank)
+    attrs = _windowed_config(layer, shapes, pool)
+    del attrs["dilation"]
+    op = "max_pool" if type(layer).__name__.startswith("Max") else "avg_pool"
+    return [(layer.name, op, {"pool": pool, **attrs}, {})]
+
+
+@converter("GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling1D",
+           "GlobalMaxPooling2D")
+def _global_pooling(layer, shapes) -> list[Spec]:
+    config = layer.get_config()
+    if config.get("keepdims"):
+        raise Unsupported("keepdims=True")
+    if config.get("data_format", "channels_last") != "channels_last":
+        raise Unsupported(f"data_format={config['data_format']!r} (only channels_last)")
+    op = "global_avg_pool" if "Average" in type(layer).__name__ else "global_max_pool"
+    return [(layer.name, op, {}, {})]
+
+
+@converter("ZeroPadding1D", "ZeroPadding2D")
+def _zero_padding(layer, shapes) -> list[Spec]:
+    config = layer.get_config()
+    if config.get("data_format", "channels_last") != "channels_last":
+        raise Unsupported(f"data_format={config['data_format']!r} (only channels_last)")
+    padding = config["padding"]
+    if type(layer).__name__ == "ZeroPadding1D":
+        before, after = _tuple(padding, 2) if isinstance(padding, (list, tuple)) else \
+            (int(padding), int(padding))
+        pads = [before, after]
+    else:
+        rows, cols = (_tuple(p, 2) for p in padding)
+        pads = [rows[0], cols[0], rows[1], cols[1]]
+    return [(layer.name, "zero_pad", {"pads": pads}, {})]
+
+
 MERGES = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply", "Average": "average",
           "Maximum": "maximum", "Minimum": "minimum"}
 
@@ -335,7 +465,8 @@ class _Graph:
         self.specs: list[tuple] = []
         self.problems: list[str] = []
         self.taken: set[str] = set()
-        self.converted: dict[int, list[Spec]] = {}  # id(layer) -> its nodes, converted once
+        self.converted: dict[tuple, list[Spec]] = {}  # (layer, input shapes) -> its nodes
+        self.weights: dict[int, dict] = {}  # id(layer) -> its first conversion's arrays
 
     def unique(self, base: str) -> str:
         name, i = base, 2
@@ -370,6 +501,20 @@ class _Graph:
                 names[id(out)] = outputs[min(k, len(outputs) - 1)]
         return [names[id(t)] for t in model.outputs]
 
+    def share(self, layer, specs: list[Spec]) -> list[Spec]:
+        """`specs` with each weight replaced by the array an earlier conversion of the same
+        layer made for it, so that a shared layer's nodes share their arrays."""
+        first = self.weights.setdefault(id(layer), {})
+        out = []
+        for k, (raw, op_name, attrs, weights) in enumerate(specs):
+            same = {}
+            for name, arr in weights.items():
+                earlier = first.setdefault((k, name), arr)
+                same[name] = earlier if np.array_equal(earlier, arr) and \
+                    earlier.shape == np.shape(arr) else arr
+            out.append((raw, op_name, attrs, same))
+        return out
+
     def call(self, layer, call, inputs: list[str], prefix: str) -> list[str]:
         """Add the nodes of one call of `layer`; the names of its outputs."""
         import keras
@@ -386,15 +531,18 @@ class _Graph:
         if convert is None:
             self.problems.append(f"layer {layer.name!r} ({kind}) is not supported")
             return inputs[:1]
-        if id(layer) not in self.converted:
-            shapes = None if None in call.input_tensors else \
-                [tuple(int(d) for d in u.shape[1:]) for u in call.input_tensors]
+        shapes = None if None in call.input_tensors else \
+            [tuple(int(d) for d in u.shape[1:]) for u in call.input_tensors]
+        # once per layer and input shapes (a shared layer's pads or axes can depend on them),
+        # each weight one array however often it is converted
+        key = (id(layer), str(shapes))
+        if key not in self.converted:
             try:
-                self.converted[id(layer)] = convert(layer, shapes)
+                self.converted[key] = self.share(layer, convert(layer, shapes))
             except Unsupported as e:
                 self.problems.append(f"layer {layer.name!r} ({kind}): {e} is not supported")
-                self.converted[id(layer)] = []
-        specs = self.converted[id(layer)]
+                self.converted[key] = []
+        specs = self.converted[key]
         if not specs:
             return inputs[:1]
         if len(inputs) != 1 and specs[0][1] not in ops.MERGES:

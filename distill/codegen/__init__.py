@@ -238,6 +238,42 @@ def batch_tile(floats_per_sample: int) -> int:
     return fits[0] if fits else BATCH_TILES[-1]
 
 
+WINDOWED = ("conv", "max_pool", "avg_pool", "zero_pad")
+
+
+def _window_figures(node: ir.Node) -> dict[str, Any]:
+    """A windowed op's sizes as if it were 2-D (a 1-D one has height 1), for the templates."""
+    from ..ops import window_index
+    a, shape = node.attrs, node.input_shape
+    rank = len(shape) - 1
+    lift = (lambda v: [1, *v]) if rank == 1 else (lambda v: list(v))
+    pads = list(a["pads"])
+    window = list(node.weights["kernel"].shape[:-2]) if node.op == "conv" else \
+        list(a.get("pool", [1] * rank))
+    fig = {"H": lift(shape[:-1])[0], "W": lift(shape[:-1])[1], "C": shape[-1],
+           "OH": lift(node.output_shape[:-1])[0], "OW": lift(node.output_shape[:-1])[1],
+           "KH": lift(window)[0], "KW": lift(window)[1],
+           "SH": lift(a.get("strides", [1] * rank))[0], "SW": lift(a.get("strides", [1] * rank))[1],
+           "DH": lift(a.get("dilation", [1] * rank))[0], "DW": lift(a.get("dilation", [1] * rank))[1],
+           "PT": pads[0] if rank == 2 else 0, "PL": pads[rank - 1],
+           "PB": pads[2] if rank == 2 else 0, "PR": pads[-1]}
+    # (before, after) per axis of a batch, as np.pad takes them
+    fig["pad_widths"] = [[0, 0], *([p, q] for p, q in zip(pads[:rank], pads[rank:])), [0, 0]]
+    if node.op == "conv":
+        fig["F"] = node.output_shape[-1]
+        fig["G"] = a["groups"]
+        fig["CG"] = shape[-1] // a["groups"]
+        fig["FG"] = fig["F"] // a["groups"]
+    if node.op in ("conv", "max_pool", "avg_pool"):
+        # which padded-input positions each output reads, for languages that gather (NumPy)
+        fig["window_index"] = window_index(shape, window, a).astype(np.int32)
+    if node.op == "avg_pool":
+        ones = np.pad(np.ones(shape[:-1], np.float32), [(p, q) for p, q in
+                                                         zip(pads[:rank], pads[rank:])])
+        fig["counts"] = ones.reshape(-1)[fig["window_index"]].sum(axis=1).astype(np.float32)
+    return fig
+
+
 def _root(model: ir.Model, value: str) -> str:
     """The value whose data `value` is: itself, or for an op that moves no data its input's."""
     while value not in model.input_names and model.node(value).op in NO_DATA_OPS:
@@ -315,7 +351,7 @@ def context(model: ir.Model, target: Target, name: str | None = None,
     figures = ir.stats(model)
     x = golden_samples(model, samples)
     with np.errstate(all="ignore"):
-        y = ir.run(model, x).reshape(len(x), -1)
+        y = ir.run(model, x).reshape(len(x), prod(model.output_shape))
     finite = np.isfinite(y).all(axis=1)  # an overflowing sample proves nothing; drop it
     x, y = x[finite], y[finite]
     if not len(x):
@@ -349,15 +385,16 @@ def context(model: ir.Model, target: Target, name: str | None = None,
                 "weights": {}}
         if node is not None:
             for key, arr in sorted(node.weights.items()):
-                if id(arr) not in by_array:
-                    values = arr
-                    if node.op in ("normalize", "prelu"):  # broadcast to the input, one each
-                        values = np.broadcast_to(arr, node.input_shape)
-                    by_array[id(arr)] = {"ident": idents[node.name, key],
-                                         "values": np.ascontiguousarray(values, np.float32),
-                                         "size": int(values.size)}
-                    arrays.append(by_array[id(arr)])
-                step["weights"][key] = by_array[id(arr)]
+                broadcast = node.op in ("normalize", "prelu")  # one value per input value
+                # a shared array is emitted once, or once per input shape it is broadcast to
+                shared = (id(arr), tuple(node.input_shape) if broadcast else None)
+                if shared not in by_array:
+                    values = np.broadcast_to(arr, node.input_shape) if broadcast else arr
+                    by_array[shared] = {"ident": idents[node.name, key],
+                                        "values": np.ascontiguousarray(values, np.float32),
+                                        "size": int(values.size)}
+                    arrays.append(by_array[shared])
+                step["weights"][key] = by_array[shared]
             if node.op == "dense":
                 step["inputs"] = node.input_shape[-1]
                 step["units"] = node.output_shape[-1]
@@ -368,6 +405,11 @@ def context(model: ir.Model, target: Target, name: str | None = None,
                 step["rows"] = prod(node.output_shape[:axis])
                 step["width"] = node.output_shape[axis]
                 step["inner"] = prod(node.output_shape[axis + 1:])
+            if node.op in WINDOWED:
+                step.update(_window_figures(node))
+            if node.op in ("global_avg_pool", "global_max_pool"):
+                step["positions"] = prod(node.input_shape[:-1])
+                step["channels"] = node.input_shape[-1]
             if node.op == "layer_norm":
                 step["rows"] = prod(node.output_shape[:node.attrs["axis"]])
                 step["group"] = prod(node.output_shape[node.attrs["axis"]:])

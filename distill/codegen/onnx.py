@@ -257,6 +257,61 @@ def _reshape(g: _Graph, node: ir.Node, x: str, y: str) -> None:
     g.add("Reshape", [x, g.constant(f"{node.name}_shape", shape)], y, node.name)
 
 
+def _channels_first(g: _Graph, node: ir.Node, x: str, op_type: str, inputs: list[str],
+                    y: str, **attrs: Any) -> None:
+    """`op_type` (an ONNX op on NCHW data) on channels-last `x`: transposed in and out."""
+    rank = len(node.input_shape) - 1
+    first = g.add("Transpose", [x], g.tensor(f"{node.name}_nchw"), f"{node.name}_nchw",
+                  perm=[0, rank + 1, *range(1, rank + 1)])
+    out = g.add(op_type, [first, *inputs], g.tensor(f"{node.name}_{op_type.lower()}"),
+                f"{node.name}_{op_type.lower()}", **attrs)
+    g.add("Transpose", [out], y, node.name, perm=[0, *range(2, rank + 2), 1])
+
+
+@lowering("conv")
+def _conv(g: _Graph, node: ir.Node, x: str, y: str) -> None:
+    a, kernel = node.attrs, node.weights["kernel"]
+    rank = kernel.ndim - 2
+    # ONNX's kernel is (filters, channels / groups, *window): the IR's initializer, transposed
+    w = g.add("Transpose", [g.weight(node, "kernel")], g.tensor(f"{node.name}_kernel_oihw"),
+              f"{node.name}_kernel_oihw", perm=[rank + 1, rank, *range(rank)])
+    bias = [g.weight(node, "bias")] if "bias" in node.weights else []
+    _channels_first(g, node, x, "Conv", [w, *bias], y, strides=list(a["strides"]),
+                    pads=list(a["pads"]), dilations=list(a.get("dilation", [1] * rank)),
+                    group=a["groups"], kernel_shape=list(kernel.shape[:-2]))
+
+
+def _pool(op_type: str, **extra: Any):
+    def lower(g: _Graph, node: ir.Node, x: str, y: str) -> None:
+        a = node.attrs
+        _channels_first(g, node, x, op_type, [], y, kernel_shape=list(a["pool"]),
+                        strides=list(a["strides"]), pads=list(a["pads"]), **extra)
+    return lower
+
+
+lowering("max_pool")(_pool("MaxPool"))
+lowering("avg_pool")(_pool("AveragePool", count_include_pad=0))
+
+
+def _global(op_type: str):
+    def lower(g: _Graph, node: ir.Node, x: str, y: str) -> None:
+        g.add(op_type, [x], y, node.name, axes=list(range(1, len(node.input_shape))),
+              keepdims=0)
+    return lower
+
+
+lowering("global_avg_pool")(_global("ReduceMean"))
+lowering("global_max_pool")(_global("ReduceMax"))
+
+
+@lowering("zero_pad")
+def _zero_pad(g: _Graph, node: ir.Node, x: str, y: str) -> None:
+    pads = node.attrs["pads"]
+    rank = len(pads) // 2
+    widths = np.array([0, *pads[:rank], 0, 0, *pads[rank:], 0], np.int64)
+    g.add("Pad", [x, g.constant(f"{node.name}_pads", widths)], y, node.name)
+
+
 def _chain(op_type: str):
     """A merge as binary nodes left to right, ((x0 op x1) op x2) ..., the order of ir.run."""
     def lower(g: _Graph, node: ir.Node, xs: list[str], y: str) -> str:

@@ -143,6 +143,11 @@ def b64_float32(values: Any) -> str:
     return base64.b64encode(np.ascontiguousarray(values, dtype="<f4").tobytes()).decode()
 
 
+def b64_int32(values: Any) -> str:
+    """Little-endian int32 bytes as base64 (index tables)."""
+    return base64.b64encode(np.ascontiguousarray(values, dtype="<i4").tobytes()).decode()
+
+
 def wrap(text: str, width: int = 88, indent: str = "    ") -> str:
     """Hard-wrap an unbreakable string (base64) into indented lines."""
     step = width - len(indent) - 2
@@ -174,7 +179,7 @@ def make_env(lang_dir: Path) -> jinja2.Environment:
     env.filters.update(
         float=float_literal, float_lines=float_lines, hex_words=hex_words, c_string=c_string,
         go_string=go_string,
-        py_string=py_string, b64_float32=b64_float32, wrap=wrap, camel=camel,
+        py_string=py_string, b64_float32=b64_float32, b64_int32=b64_int32, wrap=wrap, camel=camel,
         upper=lambda s: s.upper(), negative_zero=negative_zero,
     )
     return env
