@@ -250,13 +250,13 @@ def _window_figures(node: ir.Node) -> dict[str, Any]:
     pads = list(a["pads"])
     window = list(node.weights["kernel"].shape[:-2]) if node.op == "conv" else \
         list(a.get("pool", [1] * rank))
-    fig = {"H": lift(shape[:-1])[0], "W": lift(shape[:-1])[1], "C": shape[-1],
-           "OH": lift(node.output_shape[:-1])[0], "OW": lift(node.output_shape[:-1])[1],
-           "KH": lift(window)[0], "KW": lift(window)[1],
-           "SH": lift(a.get("strides", [1] * rank))[0], "SW": lift(a.get("strides", [1] * rank))[1],
-           "DH": lift(a.get("dilation", [1] * rank))[0], "DW": lift(a.get("dilation", [1] * rank))[1],
-           "PT": pads[0] if rank == 2 else 0, "PL": pads[rank - 1],
+    fig = {"C": shape[-1], "PT": pads[0] if rank == 2 else 0, "PL": pads[rank - 1],
            "PB": pads[2] if rank == 2 else 0, "PR": pads[-1]}
+    for (h, w), values in ((("H", "W"), shape[:-1]), (("OH", "OW"), node.output_shape[:-1]),
+                           (("KH", "KW"), window),
+                           (("SH", "SW"), a.get("strides", [1] * rank)),
+                           (("DH", "DW"), a.get("dilation", [1] * rank))):
+        fig[h], fig[w] = lift(values)
     # (before, after) per axis of a batch, as np.pad takes them
     fig["pad_widths"] = [[0, 0], *([p, q] for p, q in zip(pads[:rank], pads[rank:])), [0, 0]]
     if node.op == "conv":
