@@ -784,3 +784,14 @@ def test_activations_keep_special_values_in_c_and_go(tmp_path):
         finite = ok & np.isfinite(want)
         err = np.abs(got[finite].astype(np.float64) - want[finite])
         assert (err <= codegen.ABS_TOL + codegen.REL_TOL * np.abs(want[finite])).all()
+
+
+def test_every_op_alone_builds_warning_free_in_c_and_go():
+    """Each op as a model's only node (its round-trip cases): the emitted C declares nothing it
+    does not use, whatever the other ops would, and the self-tests pass."""
+    from test_ir import OP_CASES
+    for op_name, cases in sorted(OP_CASES.items()):
+        _, input_shape, layers = cases[0]
+        model = ir.make_model(f"alone_{op_name}", input_shape, layers(np.random.default_rng(3)))
+        for result in verify(model, ["c", "go"], samples=4):
+            assert result.ok, (op_name, result.line())
