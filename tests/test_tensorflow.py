@@ -302,6 +302,25 @@ def test_a_shared_layer_on_inputs_of_two_sizes_gets_each_its_own_options():
     assert norms[0].weights["gamma"] is norms[1].weights["gamma"]
 
 
+def test_batch_normalization_folds_into_the_conv_or_dense_before_it(tmp_path):
+    """Folded where the conv or dense feeds only the normalization; kept as a node where
+    another layer reads the same output."""
+    def bn():
+        return keras.layers.BatchNormalization(
+            beta_initializer="random_normal",
+            gamma_initializer=keras.initializers.RandomUniform(0.5, 2),
+            moving_mean_initializer="random_normal",
+            moving_variance_initializer=keras.initializers.RandomUniform(0.1, 3))
+    inp = keras.Input((8, 8, 1))
+    h = keras.layers.ReLU()(bn()(keras.layers.Conv2D(4, 3, use_bias=False)(inp)))
+    d = keras.layers.Dense(5)(keras.layers.Flatten()(h))
+    model = keras.Model(inp, [bn()(d), keras.layers.Dense(2)(d)], name="folded")
+    imported = three_way(model, tmp_path)
+    assert [n.op for n in imported.nodes] == ["conv", "relu", "flatten", "dense", "normalize",
+                                              "dense"]
+    assert "bias" in imported.nodes[0].weights  # the conv had none: the fold gave it one
+
+
 def test_a_layer_with_two_inputs_that_is_no_merge_is_refused_by_name():
     inp = keras.Input((4,))
     a = keras.layers.Dense(4)(inp)

@@ -556,6 +556,48 @@ class _Graph:
         return wiring
 
 
+def _fold_normalizations(specs: list[tuple], outputs: list[str] | None
+                         ) -> tuple[list[tuple], list[str] | None]:
+    """Fold a per-channel normalize (a BatchNormalization) into the dense or conv node before
+    it, when nothing else reads that node and its kernel is its own: kernel / std and
+    (bias - mean) / std, computed in double. One node fewer, and no pass over the data."""
+    readers: dict[str, int] = {}
+    for spec in specs:
+        for source in spec[4]:
+            readers[source] = readers.get(source, 0) + 1
+    for out in outputs or []:
+        readers[out] = readers.get(out, 0) + 1
+    users: dict[int, int] = {}
+    for spec in specs:
+        for arr in spec[3].values():
+            users[id(arr)] = users.get(id(arr), 0) + 1
+    by_name = {spec[0]: k for k, spec in enumerate(specs)}
+    renamed: dict[str, str] = {}
+    folded, out = set(), list(specs)
+    for k, (name, op_name, _, weights, wiring) in enumerate(specs):
+        source = wiring[0] if len(wiring) == 1 else None
+        j = by_name.get(source) if op_name == "normalize" else None
+        if j is None or specs[j][1] not in ("dense", "conv") or readers.get(source) != 1:
+            continue
+        producer = out[j]
+        kernel = producer[3]["kernel"]
+        mean, std = (np.asarray(weights[key], np.float64) for key in ("mean", "std"))
+        if mean.shape != (kernel.shape[-1],) or std.shape != mean.shape or \
+                users[id(kernel)] != 1:
+            continue
+        bias = np.asarray(producer[3].get("bias", np.zeros(kernel.shape[-1])), np.float64)
+        new = {"kernel": (np.asarray(kernel, np.float64) / std).astype(np.float32),
+               "bias": ((bias - mean) / std).astype(np.float32)}
+        out[j] = (producer[0], producer[1], producer[2], new, producer[4])
+        folded.add(k)
+        renamed[name] = producer[0]
+    if not folded:
+        return specs, outputs
+    specs = [(n, o, a, w, [renamed.get(src, src) for src in wiring])
+             for k, (n, o, a, w, wiring) in enumerate(out) if k not in folded]
+    return specs, None if outputs is None else [renamed.get(o, o) for o in outputs]
+
+
 def _graph(model) -> tuple[dict[str, tuple[int, ...]], _Graph, list[str]]:
     """The inputs (name: per-sample shape), nodes and outputs of a functional or Sequential
     model."""
@@ -598,8 +640,8 @@ def import_keras(model, name: str | None = None, metadata: dict | None = None,
     import keras
     meta = {"source": {"framework": "keras", "keras_version": keras.__version__,
                        "class": type(model).__name__}, **(metadata or {})}
-    result = ir.make_model(name or model.name, inputs, graph.specs, metadata=meta,
-                           outputs=outputs)
+    specs, outputs = _fold_normalizations(graph.specs, outputs)
+    result = ir.make_model(name or model.name, inputs, specs, metadata=meta, outputs=outputs)
     if check:
         compare_with_keras(model, result)
     return result
