@@ -6,10 +6,12 @@ Where it sits: beside the training backends. `distill import`, `export` and `ver
 What it promises:
 - Layers are read from their objects and configs, never assumed: a Dense with a fused
   activation becomes dense + activation nodes; LeakyReLU's slope is read under either name
-  (`negative_slope` in Keras 3, `alpha` in Keras 2 files); ReLU options are honoured or refused;
-  Softmax must act on the last axis; Dropout-like layers and InputLayer are dropped.
-- Sequential and functional chains import directly; a subclassed model whose `call` is a chain
-  of layers imports by observing the order its layers run on a probe input.
+  (`negative_slope` in Keras 3, `alpha` in Keras 2 files); ReLU's options give a clipped relu;
+  Softmax acts on any axis after the batch; Dropout-like layers and InputLayer are dropped;
+  a BatchNormalization folds into the conv or dense before it where it can.
+- Sequential and functional models import as graphs (several inputs and outputs, merges,
+  shared layers, nested models inlined); a subclassed model whose `call` is a chain of layers
+  imports by observing the order its layers run on a probe input.
 - Every unsupported layer is listed at once, in one error.
 - Every import ends by comparing the Keras model's own predictions with `ir.run`'s on random
   inputs; a mismatch is an error, not a warning.
