@@ -502,6 +502,40 @@ def zero_pad(x, attrs, w):
     return _pad(x, list(attrs["pads"]), 0.0)
 
 
+def _crop_shape(s: Shape, attrs, w) -> Shape:
+    rank = len(s) - 1
+    crops = _ints(attrs, "crops", 2 * rank, 0)
+    out = [n - crops[i] - crops[rank + i] for i, n in enumerate(s[:-1])]
+    if rank not in (1, 2) or min(out) < 1:
+        raise ValueError(f"crops {crops} leave nothing of an input of shape {s}")
+    return (*out, s[-1])
+
+
+@op("crop", shape=_crop_shape, attrs={"crops": list})
+def crop(x, attrs, w):
+    """The spatial axes cut: crops before each axis, then after each."""
+    out = _crop_shape(x.shape[1:], attrs, w)
+    crops, rank = list(attrs["crops"]), len(out) - 1
+    return x[(slice(None), *(slice(crops[i], crops[i] + out[i]) for i in range(rank)))]
+
+
+def _upsample_shape(s: Shape, attrs, w) -> Shape:
+    rank = len(s) - 1
+    if rank not in (1, 2):
+        raise ValueError(f"takes inputs of 1 or 2 spatial axes and channels, not {s}")
+    size = _ints(attrs, "size", rank, 1)
+    return (*[n * k for n, k in zip(s[:-1], size)], s[-1])
+
+
+@op("upsample", shape=_upsample_shape, attrs={"size": list})
+def upsample(x, attrs, w):
+    """Each value repeated `size` times along each spatial axis (nearest neighbour)."""
+    for axis, k in enumerate(attrs["size"]):
+        n = x.shape[axis + 1]
+        x = x[(slice(None),) * (axis + 1) + (np.arange(n * k) // k,)]
+    return x
+
+
 # ------------------------------------------------------------------------------------- merges
 # Keras's merge layers. Inputs are combined left to right, x0 op x1 op x2 ..., one rounding
 # per operation, which is the order every target follows.

@@ -146,7 +146,8 @@ def activations(rng):
 
 def convolutions(rng):
     """2-D and 1-D: strides, padding on each side, dilation, groups and depthwise, bias or
-    none, max and average pooling with padding, zero padding, both global poolings."""
+    none, max and average pooling with padding, zero padding, upsampling, cropping, both
+    global poolings."""
     from distill import ir
 
     def r(*shape):
@@ -159,6 +160,8 @@ def convolutions(rng):
             ("mp", "max_pool", {"pool": [2, 2], "strides": [2, 1], "pads": [0, 0, 1, 1]}, {}),
             ("ap", "avg_pool", {"pool": [2, 2], "strides": [1, 1], "pads": [1, 0, 0, 1]}, {}),
             ("z", "zero_pad", {"pads": [1, 0, 0, 2]}, {}),
+            ("up", "upsample", {"size": [2, 1]}, {}),
+            ("cut", "crop", {"crops": [3, 0, 1, 1]}, {}),
             ("dw", "conv", {"strides": [1, 1], "pads": [0, 0, 0, 0], "groups": 6,
                             "dilation": [2, 1]}, {"kernel": r(2, 2, 1, 12)}),
             ("g", "global_avg_pool", {}, {}, "dw"), ("gm", "global_max_pool", {}, {}, "dw"),
@@ -169,6 +172,8 @@ def convolutions(rng):
             ("mp", "max_pool", {"pool": [2], "strides": [1], "pads": [0, 1]}, {}),
             ("ap", "avg_pool", {"pool": [3], "strides": [2], "pads": [1, 1]}, {}),
             ("z", "zero_pad", {"pads": [1, 2]}, {}),
+            ("up", "upsample", {"size": [3]}, {}),
+            ("cut", "crop", {"crops": [0, 2]}, {}),
             ("g", "global_avg_pool", {}, {}),
         ]),
     ]

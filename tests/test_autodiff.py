@@ -327,11 +327,13 @@ OP_GRADIENT_CASES = {
     "max_pool": ({"pool": [2, 2], "strides": [1, 1], "pads": [1, 0, 0, 1]}, {}),
     "avg_pool": ({"pool": [2, 2], "strides": [1, 2], "pads": [1, 1, 0, 1]}, {}),
     "zero_pad": ({"pads": [1, 0, 2, 1]}, {}),
+    "crop": ({"crops": [1, 0, 2, 1]}, {}), "upsample": ({"size": [2, 3]}, {}),
     "global_avg_pool": ({}, {}), "global_max_pool": ({}, {}),
 }
 
 
-WINDOWED = ("conv", "max_pool", "avg_pool", "zero_pad", "global_avg_pool", "global_max_pool")
+WINDOWED = ("conv", "max_pool", "avg_pool", "zero_pad", "crop", "upsample", "global_avg_pool",
+            "global_max_pool")
 
 
 @pytest.mark.parametrize("op_name", sorted(OP_GRADIENT_CASES) + list(ops.MERGES))

@@ -266,6 +266,7 @@ def test_convolutions_and_pooling(tmp_path, suffix):
     h = keras.layers.SeparableConv2D(4, 3, padding="same")(h)
     h = keras.layers.AveragePooling2D((2, 2), strides=1, padding="same")(h)
     h = keras.layers.Conv2D(4, 1, groups=2)(h)
+    h = keras.layers.Cropping2D(((1, 0), (0, 1)))(keras.layers.UpSampling2D((2, 1))(h))
     pooled = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling2D()(h),
                                          keras.layers.GlobalMaxPooling2D()(h)])
     signal = keras.Input((30, 2))
@@ -276,11 +277,12 @@ def test_convolutions_and_pooling(tmp_path, suffix):
     c = keras.layers.AveragePooling1D(3, strides=2, padding="same")(c)
     c = keras.layers.SeparableConv1D(3, 2)(c)
     c = keras.layers.DepthwiseConv1D(2)(c)
+    c = keras.layers.Cropping1D((1, 0))(keras.layers.UpSampling1D(3)(c))
     c = keras.layers.GlobalAveragePooling1D()(c)
     model = keras.Model([inp, signal], [keras.layers.Dense(3, activation="softmax")(pooled), c,
                                         keras.layers.Flatten()(h)], name="convs")
     imported = three_way(model, tmp_path, suffix)
-    assert {"conv", "max_pool", "avg_pool", "zero_pad", "global_avg_pool",
+    assert {"conv", "max_pool", "avg_pool", "zero_pad", "crop", "upsample", "global_avg_pool",
             "global_max_pool"} <= {n.op for n in imported.nodes}
 
 

@@ -373,6 +373,32 @@ def _zero_padding(layer, shapes) -> list[Spec]:
     return [(layer.name, "zero_pad", {"pads": pads}, {})]
 
 
+@converter("Cropping1D", "Cropping2D")
+def _cropping(layer, shapes) -> list[Spec]:
+    config = layer.get_config()
+    if config.get("data_format", "channels_last") != "channels_last":
+        raise Unsupported(f"data_format={config['data_format']!r} (only channels_last)")
+    cropping = config["cropping"]
+    if type(layer).__name__ == "Cropping1D":
+        before, after = _tuple(cropping, 2)
+        crops = [before, after]
+    else:
+        rows, cols = (_tuple(c, 2) for c in cropping)
+        crops = [rows[0], cols[0], rows[1], cols[1]]
+    return [(layer.name, "crop", {"crops": crops}, {})]
+
+
+@converter("UpSampling1D", "UpSampling2D")
+def _upsampling(layer, shapes) -> list[Spec]:
+    config = layer.get_config()
+    if config.get("data_format", "channels_last") != "channels_last":
+        raise Unsupported(f"data_format={config['data_format']!r} (only channels_last)")
+    if config.get("interpolation", "nearest") != "nearest":
+        raise Unsupported(f"interpolation={config['interpolation']!r} (only nearest)")
+    rank = int(type(layer).__name__[-2])
+    return [(layer.name, "upsample", {"size": _tuple(config["size"], rank)}, {})]
+
+
 MERGES = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply", "Average": "average",
           "Maximum": "maximum", "Minimum": "minimum"}
 

@@ -238,7 +238,7 @@ def batch_tile(floats_per_sample: int) -> int:
     return fits[0] if fits else BATCH_TILES[-1]
 
 
-WINDOWED = ("conv", "max_pool", "avg_pool", "zero_pad")
+WINDOWED = ("conv", "max_pool", "avg_pool", "zero_pad", "crop", "upsample")
 
 
 def _window_figures(node: ir.Node) -> dict[str, Any]:
@@ -247,14 +247,14 @@ def _window_figures(node: ir.Node) -> dict[str, Any]:
     a, shape = node.attrs, node.input_shape
     rank = len(shape) - 1
     lift = (lambda v: [1, *v]) if rank == 1 else (lambda v: list(v))
-    pads = list(a["pads"])
+    pads = list(a["pads"] if "pads" in a else a.get("crops", [0] * (2 * rank)))
     window = list(node.weights["kernel"].shape[:-2]) if node.op == "conv" else \
         list(a.get("pool", [1] * rank))
     fig = {"C": shape[-1], "PT": pads[0] if rank == 2 else 0, "PL": pads[rank - 1],
            "PB": pads[2] if rank == 2 else 0, "PR": pads[-1]}
     for (h, w), values in ((("H", "W"), shape[:-1]), (("OH", "OW"), node.output_shape[:-1]),
                            (("KH", "KW"), window),
-                           (("SH", "SW"), a.get("strides", [1] * rank)),
+                           (("SH", "SW"), a.get("strides", a.get("size", [1] * rank))),
                            (("DH", "DW"), a.get("dilation", [1] * rank))):
         fig[h], fig[w] = lift(values)
     # (before, after) per axis of a batch, as np.pad takes them

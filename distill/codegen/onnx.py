@@ -312,6 +312,25 @@ def _zero_pad(g: _Graph, node: ir.Node, x: str, y: str) -> None:
     g.add("Pad", [x, g.constant(f"{node.name}_pads", widths)], y, node.name)
 
 
+@lowering("crop")
+def _crop(g: _Graph, node: ir.Node, x: str, y: str) -> None:
+    crops, rank = node.attrs["crops"], len(node.input_shape) - 1
+    starts = np.array(crops[:rank], np.int64)
+    ends = np.array([c + n for c, n in zip(crops[:rank], node.output_shape[:-1])], np.int64)
+    axes = np.arange(1, rank + 1, dtype=np.int64)
+    g.add("Slice", [x, g.constant(f"{node.name}_starts", starts),
+                    g.constant(f"{node.name}_ends", ends),
+                    g.constant(f"{node.name}_axes", axes)], y, node.name)
+
+
+@lowering("upsample")
+def _upsample(g: _Graph, node: ir.Node, x: str, y: str) -> None:
+    # nearest neighbour: output i reads input floor(i / size)
+    scales = np.array([1, *node.attrs["size"], 1], np.float32)
+    g.add("Resize", [x, "", g.constant(f"{node.name}_scales", scales)], y, node.name,
+          mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+
+
 def _chain(op_type: str):
     """A merge as binary nodes left to right, ((x0 op x1) op x2) ..., the order of ir.run."""
     def lower(g: _Graph, node: ir.Node, xs: list[str], y: str) -> str:
