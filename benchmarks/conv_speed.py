@@ -139,8 +139,7 @@ def main() -> int:
                     [str(o3)], capture_output=True, text=True, check=True).stdout.split()[0]))
                 times["ort"].append(time_onnx(session, x))
         med = {k: statistics.median(v) for k, v in times.items()}
-        macs = sum(int(np.prod(n.output_shape)) * int(np.prod(n.weights["kernel"].shape[:-1]))
-                   // n.attrs.get("groups", 1) for n in model.nodes if "kernel" in n.weights)
+        macs = ir.stats(model)["macs"]
         print(f"{model.name:8} {macs:>9,} {med['o2'] * 1e6:>8.1f}us {med['o3'] * 1e6:>11.1f}us "
               f"{med['ort'] * 1e6:>10.1f}us {med['ort'] / med['o2']:>12.2f} "
               f"{med['ort'] / med['o3']:>12.2f}")

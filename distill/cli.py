@@ -385,7 +385,7 @@ def describe(model: ir.Model) -> dict[str, Any]:
         "nodes": [{"name": n.name, "op": n.op, "attrs": dict(n.attrs), "inputs": list(n.inputs),
                    "output_shape": list(n.output_shape),
                    "parameters": sum(int(a.size) for a in n.weights.values()),
-                   "macs": OPS[n.op].macs(n.input_shape, n.output_shape)}
+                   "macs": OPS[n.op].macs(n.input_shape, n.output_shape, n.weights)}
                   for n in model.nodes],
         **figures,
         "metadata": dict(model.metadata),

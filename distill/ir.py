@@ -485,7 +485,7 @@ def weight_arrays(model: Model) -> list[np.ndarray]:
 def stats(model: Model) -> dict[str, int]:
     """Parameters, weight bytes, multiply-adds and peak activation bytes per sample."""
     params = sum(int(a.size) for a in weight_arrays(model))
-    macs = sum(OPS[n.op].macs(n.input_shape, n.output_shape) for n in model.nodes)
+    macs = sum(OPS[n.op].macs(n.input_shape, n.output_shape, n.weights) for n in model.nodes)
     sizes = {name: prod(shape) for name, shape in model.inputs}
     last = {name: len(model.nodes) if name in model.outputs else -1 for name in sizes}
     for i, n in enumerate(model.nodes):

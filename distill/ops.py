@@ -15,6 +15,7 @@ calls an op, whatever its arity.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from math import prod
@@ -36,7 +37,8 @@ class OpDef:
     optional_weights: tuple[str, ...] = ()  # weights that may be absent (a dense without bias)
     attrs: Mapping[str, type] = field(default_factory=dict)  # required attributes and their types
     optional_attrs: Mapping[str, type] = field(default_factory=dict)  # those that may be absent
-    macs: Callable[[Shape, Shape], int] = lambda i, o: 0  # multiply-adds per sample
+    # multiply-adds per sample, from the input and output shapes and the weights
+    macs: Callable[[Shape, Shape, Mapping[str, Any]], int] = lambda i, o, w: 0
     doc: str = ""
     arity: int = 1  # inputs it takes: 1, 2, ... or MANY (two or more)
 
@@ -49,7 +51,7 @@ OPS: dict[str, OpDef] = {}
 
 def op(name: str, *, shape: Callable | None = None, weights: tuple[str, ...] = (),
        optional_weights: tuple[str, ...] = (), attrs: Mapping[str, type] | None = None,
-       macs: Callable[[Shape, Shape], int] | None = None, arity: int = 1,
+       macs: Callable[[Shape, Shape, Mapping[str, Any]], int] | None = None, arity: int = 1,
        optional_attrs: Mapping[str, type] | None = None) -> Callable:
     """Register `forward` as the op `name`. Without `shape` the op keeps its input's shape."""
     def register(forward: Callable) -> Callable:
@@ -57,7 +59,7 @@ def op(name: str, *, shape: Callable | None = None, weights: tuple[str, ...] = (
                           out_shape=shape or (lambda s, a, w: s),
                           weights=weights, optional_weights=optional_weights,
                           attrs=dict(attrs or {}),
-                          macs=macs or (lambda i, o: 0),
+                          macs=macs or (lambda i, o, w: 0),
                           doc=(forward.__doc__ or "").strip(), arity=arity,
                           optional_attrs=dict(optional_attrs or {}))
         return forward
@@ -96,7 +98,7 @@ def _dense_shape(s: Shape, attrs, w) -> Shape:
 
 
 @op("dense", shape=_dense_shape, weights=("kernel",), optional_weights=("bias",),
-    macs=lambda i, o: prod(i[:-1]) * i[-1] * o[-1])
+    macs=lambda i, o, w: prod(i[:-1]) * i[-1] * o[-1])
 def dense(x, attrs, w):
     """y = x @ kernel + bias, kernel (inputs, units) as in Keras; acts on the last axis."""
     if "bias" in w:
@@ -163,7 +165,7 @@ SELU_ALPHA, SELU_SCALE = F(1.6732632423543772), F(1.0507009873554805)
 INV_SQRT2, INV_SQRT_2PI, SQRT_2_OVER_PI = F(0.7071067811865476), F(0.3989422804014327), \
     F(0.7978845608028654)
 GELU_CUBIC = F(0.044715)
-_erf = np.frompyfunc(__import__("math").erf, 1, 1)
+_erf = np.frompyfunc(math.erf, 1, 1)
 
 
 def erf(x: np.ndarray) -> np.ndarray:
@@ -427,7 +429,7 @@ def _conv_shape(s: Shape, attrs, w) -> Shape:
 
 @op("conv", shape=_conv_shape, weights=("kernel",), optional_weights=("bias",),
     attrs={"strides": list, "pads": list, "groups": int}, optional_attrs={"dilation": list},
-    macs=lambda i, o: 0)
+    macs=lambda i, o, w: prod(o) * prod(w["kernel"].shape[:-1]))  # window x group channels
 def conv(x, attrs, w):
     """y[o, f] = bias[f] + sum over the window and the group's channels of x * kernel; kernel
     (*window, channels / groups, filters) as in Keras; groups == channels is depthwise."""

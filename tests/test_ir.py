@@ -1300,3 +1300,14 @@ def test_peak_activations_follow_liveness():
     # result; b and db have had their last readers
     stats = ir.stats(graph())
     assert stats["peak_activation_bytes"] == 4 * (3 + 3 + 3 + 6)
+
+
+def test_stats_count_a_convolutions_multiply_adds():
+    # every one of the 6 * 5 * 6 outputs sums a 3x3 window over its group's 2 channels, pads
+    # included (the emitted loops skip them, but the count is the layer's, as peers give it)
+    r = np.random.default_rng(0)
+    model = ir.make_model("c", (6, 5, 4), [
+        ("c", "conv", {"strides": [1, 1], "pads": [1, 1, 1, 1], "groups": 2},
+         {"kernel": randn(r, 3, 3, 2, 6)}),
+        ("d", "dense", {}, {"kernel": randn(r, 6, 2)})])
+    assert ir.stats(model)["macs"] == 6 * 5 * 6 * 3 * 3 * 2 + 6 * 5 * 6 * 2
