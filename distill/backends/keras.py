@@ -243,6 +243,20 @@ def _normalization(layer, shapes) -> list[Spec]:
     return [(layer.name, "normalize", {}, {"mean": mean, "std": std.astype(np.float32)})]
 
 
+def _channels_last(config: dict) -> None:
+    if config.get("data_format", "channels_last") != "channels_last":
+        raise Unsupported(f"data_format={config['data_format']!r} (only channels_last)")
+
+
+def _side_widths(layer, value: Any) -> list[int]:
+    """Keras's padding or cropping of a 1-D layer (an int or (before, after)) or a 2-D one
+    ((top, bottom), (left, right)) as the IR's widths: before each axis, then after each."""
+    if type(layer).__name__.endswith("1D"):
+        return _tuple(value, 2)
+    rows, cols = (_tuple(v, 2) for v in value)
+    return [rows[0], cols[0], rows[1], cols[1]]
+
+
 def _tuple(value: Any, rank: int) -> list[int]:
     values = list(value) if isinstance(value, (list, tuple)) else [value] * rank
     return [int(v) for v in values]
@@ -268,8 +282,7 @@ def _pads(padding: str, shape, window: list[int], strides: list[int],
 
 def _windowed_config(layer, shapes, window: list[int]) -> dict[str, Any]:
     config = layer.get_config()
-    if config.get("data_format", "channels_last") != "channels_last":
-        raise Unsupported(f"data_format={config['data_format']!r} (only channels_last)")
+    _channels_last(config)
     if shapes is None:
         raise Unsupported(f"{type(layer).__name__} outside a functional or Sequential model")
     rank = len(window)
@@ -351,8 +364,7 @@ def _global_pooling(layer, shapes) -> list[Spec]:
     config = layer.get_config()
     if config.get("keepdims"):
         raise Unsupported("keepdims=True")
-    if config.get("data_format", "channels_last") != "channels_last":
-        raise Unsupported(f"data_format={config['data_format']!r} (only channels_last)")
+    _channels_last(config)
     op = "global_avg_pool" if "Average" in type(layer).__name__ else "global_max_pool"
     return [(layer.name, op, {}, {})]
 
@@ -360,39 +372,21 @@ def _global_pooling(layer, shapes) -> list[Spec]:
 @converter("ZeroPadding1D", "ZeroPadding2D")
 def _zero_padding(layer, shapes) -> list[Spec]:
     config = layer.get_config()
-    if config.get("data_format", "channels_last") != "channels_last":
-        raise Unsupported(f"data_format={config['data_format']!r} (only channels_last)")
-    padding = config["padding"]
-    if type(layer).__name__ == "ZeroPadding1D":
-        before, after = _tuple(padding, 2) if isinstance(padding, (list, tuple)) else \
-            (int(padding), int(padding))
-        pads = [before, after]
-    else:
-        rows, cols = (_tuple(p, 2) for p in padding)
-        pads = [rows[0], cols[0], rows[1], cols[1]]
-    return [(layer.name, "zero_pad", {"pads": pads}, {})]
+    _channels_last(config)
+    return [(layer.name, "zero_pad", {"pads": _side_widths(layer, config["padding"])}, {})]
 
 
 @converter("Cropping1D", "Cropping2D")
 def _cropping(layer, shapes) -> list[Spec]:
     config = layer.get_config()
-    if config.get("data_format", "channels_last") != "channels_last":
-        raise Unsupported(f"data_format={config['data_format']!r} (only channels_last)")
-    cropping = config["cropping"]
-    if type(layer).__name__ == "Cropping1D":
-        before, after = _tuple(cropping, 2)
-        crops = [before, after]
-    else:
-        rows, cols = (_tuple(c, 2) for c in cropping)
-        crops = [rows[0], cols[0], rows[1], cols[1]]
-    return [(layer.name, "crop", {"crops": crops}, {})]
+    _channels_last(config)
+    return [(layer.name, "crop", {"crops": _side_widths(layer, config["cropping"])}, {})]
 
 
 @converter("UpSampling1D", "UpSampling2D")
 def _upsampling(layer, shapes) -> list[Spec]:
     config = layer.get_config()
-    if config.get("data_format", "channels_last") != "channels_last":
-        raise Unsupported(f"data_format={config['data_format']!r} (only channels_last)")
+    _channels_last(config)
     if config.get("interpolation", "nearest") != "nearest":
         raise Unsupported(f"interpolation={config['interpolation']!r} (only nearest)")
     rank = int(type(layer).__name__[-2])
