@@ -93,6 +93,11 @@ class _Graph:
                                            name=_fresh(name, self.node_names), **attrs))
         return output
 
+    def step(self, node: ir.Node, tag: str, op_type: str, inputs: list[str], **attrs: Any) -> str:
+        """An intermediate of `node`'s lowering: tensor and node both `<node>_<tag>`."""
+        name = f"{node.name}_{tag}"
+        return self.add(op_type, inputs, self.tensor(name), name, **attrs)
+
 
 def _fresh(base: str, taken: set[str]) -> str:
     name, i = base, 2
@@ -112,15 +117,13 @@ def _dense(g: _Graph, node: ir.Node, x: str, y: str) -> None:
     if "bias" not in node.weights:
         g.add("MatMul", [x, kernel], y, node.name)
         return
-    product = g.add("MatMul", [x, kernel], g.tensor(f"{node.name}_matmul"),
-                    f"{node.name}_matmul")
+    product = g.step(node, "matmul", "MatMul", [x, kernel])
     g.add("Add", [product, g.weight(node, "bias")], y, f"{node.name}_add")
 
 
 @lowering("normalize")
 def _normalize(g: _Graph, node: ir.Node, x: str, y: str) -> None:
-    centred = g.add("Sub", [x, g.weight(node, "mean")], g.tensor(f"{node.name}_sub"),
-                    f"{node.name}_sub")
+    centred = g.step(node, "sub", "Sub", [x, g.weight(node, "mean")])
     g.add("Div", [centred, g.weight(node, "std")], y, f"{node.name}_div")
 
 
@@ -170,37 +173,33 @@ def _selu(g: _Graph, node: ir.Node, x: str, y: str) -> None:
     g.add("Selu", [x], y, node.name, alpha=float(SELU_ALPHA), gamma=float(SELU_SCALE))
 
 
+# Gelu is an ONNX op from opset 20 on; below it, both forms are written out: x / 2 * (1 + t),
+# t = erf(x / sqrt 2) or tanh(sqrt(2 / pi) * (x + 0.044715 x^3)).
+def _gelu_from(g: _Graph, node: ir.Node, x: str, t: str, y: str) -> None:
+    plus = g.step(node, "plus", "Add", [t, _scalar(g, node, "one", 1.0)])
+    half = g.step(node, "half", "Mul", [x, _scalar(g, node, "half", 0.5)])
+    g.add("Mul", [half, plus], y, node.name)
+
+
 @lowering("gelu")
 def _gelu(g: _Graph, node: ir.Node, x: str, y: str) -> None:
-    # Gelu is an ONNX op from opset 20 on; below it, its definition in Mul, Erf and Add.
-    n = node.name
-    scaled = g.add("Mul", [x, _scalar(g, node, "inv_sqrt2", INV_SQRT2)], g.tensor(f"{n}_scaled"),
-                   f"{n}_scaled")
-    erf = g.add("Erf", [scaled], g.tensor(f"{n}_erf"), f"{n}_erf")
-    plus = g.add("Add", [erf, _scalar(g, node, "one", 1.0)], g.tensor(f"{n}_plus"), f"{n}_plus")
-    half = g.add("Mul", [x, _scalar(g, node, "half", 0.5)], g.tensor(f"{n}_half"), f"{n}_half")
-    g.add("Mul", [half, plus], y, n)
+    scaled = g.step(node, "scaled", "Mul", [x, _scalar(g, node, "inv_sqrt2", INV_SQRT2)])
+    _gelu_from(g, node, x, g.step(node, "erf", "Erf", [scaled]), y)
 
 
 @lowering("gelu_tanh")
 def _gelu_tanh(g: _Graph, node: ir.Node, x: str, y: str) -> None:
-    n = node.name
-    square = g.add("Mul", [x, x], g.tensor(f"{n}_square"), f"{n}_square")
-    cube = g.add("Mul", [square, x], g.tensor(f"{n}_cube"), f"{n}_cube")
-    cubic = g.add("Mul", [cube, _scalar(g, node, "cubic", GELU_CUBIC)], g.tensor(f"{n}_cubic"),
-                  f"{n}_cubic")
-    inner = g.add("Add", [x, cubic], g.tensor(f"{n}_inner"), f"{n}_inner")
-    scaled = g.add("Mul", [inner, _scalar(g, node, "scale", SQRT_2_OVER_PI)],
-                   g.tensor(f"{n}_scaled"), f"{n}_scaled")
-    t = g.add("Tanh", [scaled], g.tensor(f"{n}_tanh"), f"{n}_tanh")
-    plus = g.add("Add", [t, _scalar(g, node, "one", 1.0)], g.tensor(f"{n}_plus"), f"{n}_plus")
-    half = g.add("Mul", [x, _scalar(g, node, "half", 0.5)], g.tensor(f"{n}_half"), f"{n}_half")
-    g.add("Mul", [half, plus], y, n)
+    square = g.step(node, "square", "Mul", [x, x])
+    cube = g.step(node, "cube", "Mul", [square, x])
+    cubic = g.step(node, "cubic", "Mul", [cube, _scalar(g, node, "cubic", GELU_CUBIC)])
+    inner = g.step(node, "inner", "Add", [x, cubic])
+    scaled = g.step(node, "scaled", "Mul", [inner, _scalar(g, node, "scale", SQRT_2_OVER_PI)])
+    _gelu_from(g, node, x, g.step(node, "tanh", "Tanh", [scaled]), y)
 
 
 @lowering("silu")
 def _silu(g: _Graph, node: ir.Node, x: str, y: str) -> None:
-    s = g.add("Sigmoid", [x], g.tensor(f"{node.name}_sigmoid"), f"{node.name}_sigmoid")
+    s = g.step(node, "sigmoid", "Sigmoid", [x])
     g.add("Mul", [x, s], y, node.name)
 
 
@@ -213,19 +212,18 @@ def _hard_sigmoid(g: _Graph, node: ir.Node, x: str, y: str) -> None:
 
 @lowering("clipped_relu")
 def _clipped_relu(g: _Graph, node: ir.Node, x: str, y: str) -> None:
-    n, a = node.name, node.attrs
+    a = node.attrs
     t = _scalar(g, node, "threshold", a["threshold"])
     zero = _scalar(g, node, "zero", 0.0)
-    above = g.add("Greater", [x, t], g.tensor(f"{n}_above"), f"{n}_above")
-    pos = g.add("Where", [above, x, zero], g.tensor(f"{n}_pos"), f"{n}_pos")
+    above = g.step(node, "above", "Greater", [x, t])
+    pos = g.step(node, "pos", "Where", [above, x, zero])
     if "max_value" in a:
-        pos = g.add("Min", [pos, _scalar(g, node, "max_value", a["max_value"])],
-                    g.tensor(f"{n}_capped"), f"{n}_capped")
-    below = g.add("Sub", [t, x], g.tensor(f"{n}_below"), f"{n}_below")
-    below = g.add("Relu", [below], g.tensor(f"{n}_below_relu"), f"{n}_below_relu")
-    neg = g.add("Mul", [below, _scalar(g, node, "negative_slope", a["negative_slope"])],
-                g.tensor(f"{n}_neg"), f"{n}_neg")
-    g.add("Sub", [pos, neg], y, n)
+        pos = g.step(node, "capped", "Min", [pos, _scalar(g, node, "max_value", a["max_value"])])
+    below = g.step(node, "below", "Sub", [t, x])
+    below = g.step(node, "below_relu", "Relu", [below])
+    neg = g.step(node, "neg", "Mul",
+                 [below, _scalar(g, node, "negative_slope", a["negative_slope"])])
+    g.add("Sub", [pos, neg], y, node.name)
 
 
 @lowering("prelu")
@@ -261,10 +259,8 @@ def _channels_first(g: _Graph, node: ir.Node, x: str, op_type: str, inputs: list
                     y: str, **attrs: Any) -> None:
     """`op_type` (an ONNX op on NCHW data) on channels-last `x`: transposed in and out."""
     rank = len(node.input_shape) - 1
-    first = g.add("Transpose", [x], g.tensor(f"{node.name}_nchw"), f"{node.name}_nchw",
-                  perm=[0, rank + 1, *range(1, rank + 1)])
-    out = g.add(op_type, [first, *inputs], g.tensor(f"{node.name}_{op_type.lower()}"),
-                f"{node.name}_{op_type.lower()}", **attrs)
+    first = g.step(node, "nchw", "Transpose", [x], perm=[0, rank + 1, *range(1, rank + 1)])
+    out = g.step(node, op_type.lower(), op_type, [first, *inputs], **attrs)
     g.add("Transpose", [out], y, node.name, perm=[0, *range(2, rank + 2), 1])
 
 
@@ -273,8 +269,8 @@ def _conv(g: _Graph, node: ir.Node, x: str, y: str) -> None:
     a, kernel = node.attrs, node.weights["kernel"]
     rank = kernel.ndim - 2
     # ONNX's kernel is (filters, channels / groups, *window): the IR's initializer, transposed
-    w = g.add("Transpose", [g.weight(node, "kernel")], g.tensor(f"{node.name}_kernel_oihw"),
-              f"{node.name}_kernel_oihw", perm=[rank + 1, rank, *range(rank)])
+    w = g.step(node, "kernel_oihw", "Transpose", [g.weight(node, "kernel")],
+               perm=[rank + 1, rank, *range(rank)])
     bias = [g.weight(node, "bias")] if "bias" in node.weights else []
     _channels_first(g, node, x, "Conv", [w, *bias], y, strides=list(a["strides"]),
                     pads=list(a["pads"]), dilations=list(a.get("dilation", [1] * rank)),
