@@ -417,9 +417,12 @@ def run(model: Model, x: Any, *, split: bool = False, intermediates: bool = Fals
     if len(xs) != len(shapes):
         raise ValueError(f"model {model.name!r} takes {len(shapes)} inputs, got {len(xs)}")
     single = all(v.shape == s for v, s in zip(xs, shapes))
-    batch = None if single else (xs[0].shape[:1] or (None,))[0]
+    batch = None if single or not xs[0].ndim else xs[0].shape[0]  # every input's, or an error
     for v, shape in zip(xs, shapes):
-        if not single and (v.shape[1:] != shape or v.shape[:1] != (batch,)):
+        if not single and v.shape[1:] == shape and v.ndim and v.shape[0] != batch:
+            raise ValueError(f"model {model.name!r}: its inputs hold batches of "
+                             f"{batch} and {v.shape[0]} samples")
+        if not single and v.shape != (batch, *shape):
             raise ValueError(f"model {model.name!r} takes input of shape {shape} or (N, "
                              f"{', '.join(map(str, shape))}), got {v.shape}")
     xs = [v[None] if single else v for v in xs]

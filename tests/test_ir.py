@@ -1269,6 +1269,10 @@ def test_run_takes_packed_or_listed_inputs_and_gives_packed_or_split_outputs():
     assert [o.shape for o in one] == [(6,), (3,)]
     with pytest.raises(ValueError, match="takes 2 inputs"):
         ir.run(model, [x[:, :3]])
+    with pytest.raises(ValueError, match="batches of 5 and 4 samples"):
+        ir.run(model, [x[:, :3], x[:4, 3:]])
+    with pytest.raises(ValueError, match=r"input of shape \(3,\) or \(N, 3\), got \(5, 2\)"):
+        ir.run(model, [x[:, :3], x[:, 4:]])
 
 
 @pytest.mark.parametrize("layers, outputs, match", [
