@@ -462,15 +462,21 @@ def max_pool(x, attrs, w):
         (x.shape[0], *_pool_shape(x.shape[1:], attrs, w)))
 
 
+def window_counts(s: Shape, window: list[int], attrs) -> np.ndarray:
+    """How many real (not padding) values each output position's window holds, as float32."""
+    real = np.pad(np.ones(s[:-1], np.float32), list(zip(attrs["pads"][:len(s) - 1],
+                                                         attrs["pads"][len(s) - 1:])))
+    return real.reshape(-1)[window_index(s, window, attrs)].sum(axis=1).astype(np.float32)
+
+
 @op("avg_pool", shape=_pool_shape, attrs={"pool": list, "strides": list, "pads": list})
 def avg_pool(x, attrs, w):
     """The mean of each window's values, per channel; padding is not counted (as Keras's
     "same" padding): the sum over the window divided by its number of real values."""
     window = list(attrs["pool"])
-    counts = _pad(ad.constant(np.ones((1, *x.shape[1:-1], 1), np.float32)), list(attrs["pads"]),
-                  0.0).data.reshape(-1)[window_index(x.shape[1:], window, attrs)].sum(axis=1)
+    counts = window_counts(x.shape[1:], window, attrs)
     total = ad.sum(_gather(x, window, attrs, 0.0), axis=2)
-    return (total / counts.reshape(1, -1, 1).astype(np.float32)).reshape(
+    return (total / counts.reshape(1, -1, 1)).reshape(
         (x.shape[0], *_pool_shape(x.shape[1:], attrs, w)))
 
 

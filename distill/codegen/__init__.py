@@ -243,7 +243,7 @@ WINDOWED = ("conv", "max_pool", "avg_pool", "zero_pad", "crop", "upsample")
 
 def _window_figures(node: ir.Node) -> dict[str, Any]:
     """A windowed op's sizes as if it were 2-D (a 1-D one has height 1), for the templates."""
-    from ..ops import window_index
+    from ..ops import window_counts, window_index
     a, shape = node.attrs, node.input_shape
     rank = len(shape) - 1
     lift = (lambda v: [1, *v]) if rank == 1 else (lambda v: list(v))
@@ -267,10 +267,8 @@ def _window_figures(node: ir.Node) -> dict[str, Any]:
     if node.op in ("conv", "max_pool", "avg_pool"):
         # which padded-input positions each output reads, for languages that gather (NumPy)
         fig["window_index"] = window_index(shape, window, a).astype(np.int32)
-    if node.op == "avg_pool":
-        ones = np.pad(np.ones(shape[:-1], np.float32), [(p, q) for p, q in
-                                                         zip(pads[:rank], pads[rank:])])
-        fig["counts"] = ones.reshape(-1)[fig["window_index"]].sum(axis=1).astype(np.float32)
+    if node.op == "avg_pool":  # the number each window's sum is divided by
+        fig["counts"] = window_counts(shape, window, a)
     return fig
 
 
