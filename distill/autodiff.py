@@ -27,7 +27,7 @@ import numpy as np
 __all__ = [
     "Tensor", "Variable", "Tape", "constant",
     "add", "sub", "mul", "div", "neg", "pow", "matmul", "affine", "exp", "log", "tanh", "maximum",
-    "minimum", "where", "sum", "mean", "max", "reshape", "transpose", "concatenate", "cast",
+    "minimum", "where", "sum", "mean", "max", "reshape", "transpose", "concatenate", "take", "cast",
     "sigmoid", "relu", "leaky_relu", "softmax", "log_softmax", "unary",
     "softmax_cross_entropy", "sigmoid_cross_entropy", "mean_squared_error",
     "half_sum_squared_error",
@@ -424,6 +424,25 @@ def _getitem(a: Tensor, index) -> Tensor:
         np.add.at(full, index, g)  # add.at: repeated indices get every contribution
         return (full,)
     return _record(a.data[index], (a,), vjp)
+
+
+def take(a: Any, index: Any, axis: int) -> Tensor:
+    """a's entries at `index` along `axis`, as numpy.take. A 2-D index whose every column holds
+    distinct positions (a convolution's window table) is added back column by column, with
+    plain indexing; any other with add.at, many times slower."""
+    a, index = _lift(a), np.asarray(index)
+    by_column = index.ndim == 2 and all(len(np.unique(c)) == len(c) for c in index.T)
+    lead = (slice(None),) * axis
+
+    def vjp(g):
+        full = np.zeros_like(a.data)
+        if by_column:
+            for k in range(index.shape[1]):
+                full[lead + (index[:, k],)] += g[lead + (slice(None), k)]
+        else:
+            np.add.at(full, lead + (index,), g)
+        return (full,)
+    return _record(np.take(a.data, index, axis=axis), (a,), vjp)
 
 
 def concatenate(tensors: Sequence[Any], axis: int = 0) -> Tensor:

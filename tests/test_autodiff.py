@@ -23,6 +23,7 @@ def pos(*shape):
 
 onehot = np.eye(5)[[0, 3, 1, 4]]
 W234, W34, W27, W35, W45, B32 = r(4, 2, 3), r(3, 4), r(2, 7), r(3, 5), r(4, 5), r(3, 2) > 0
+W2324 = r(2, 3, 2, 4)
 
 # (name, function of Tensors, input arrays). Shapes include broadcasting and keepdims.
 CASES = [
@@ -63,6 +64,12 @@ CASES = [
     ("transpose_axes", lambda a: ad.transpose(a, (2, 0, 1)) * W234, [r(2, 3, 4)]),
     ("getitem_slice", lambda a: a[1:, ::2] * 2.0, [r(3, 4)]),
     ("getitem_repeated", lambda a: a[[0, 0, 2]] * W34, [r(3, 4)]),
+    # A window table (distinct positions per column, added back column by column) and an
+    # index with a position twice in one column (add.at).
+    ("take_windows", lambda a: ad.take(a, [[0, 1], [1, 2], [2, 3]], axis=1) * W2324,
+     [r(2, 4, 4)]),
+    ("take_repeated", lambda a: ad.take(a, [[0, 1], [0, 3]], axis=1) * W2324[:, :2],
+     [r(2, 4, 4)]),
     ("concatenate", lambda a, b: ad.concatenate([a, b, a], axis=1) * W27, [r(2, 3), r(2, 1)]),
     ("cast", lambda a: ad.cast(a, np.float64) * 2.0, [r(3)]),
     ("sigmoid", lambda a: ad.sigmoid(a), [r(3, 4, low=-8, high=8)]),
@@ -91,7 +98,7 @@ def test_every_primitive_and_composite_is_covered():
     covered = {c[0].split("_")[0] for c in CASES} | {c[0] for c in CASES}
     for op in ["add", "sub", "mul", "div", "neg", "pow", "matmul", "affine", "exp", "log", "tanh",
                "maximum", "where", "sum", "mean", "max", "reshape", "transpose", "getitem",
-               "concatenate", "sigmoid", "relu", "leaky_relu", "softmax", "log_softmax"]:
+               "take", "concatenate", "sigmoid", "relu", "leaky_relu", "softmax", "log_softmax"]:
         assert op in covered, op
 
 
