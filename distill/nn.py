@@ -349,6 +349,212 @@ class Reshape(Layer):
         return [(self.name, "reshape", {"shape": list(self.target_shape)}, {})]
 
 
+def _spatial(value: Any, rank: int, what: str) -> list[int]:
+    """Keras's int-or-tuple window arguments as `rank` positive integers."""
+    values = [value] * rank if isinstance(value, int) else list(value)
+    if len(values) != rank or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                      for v in values):
+        raise ValueError(f"{what} must be a positive integer or {rank} of them, got {value!r}")
+    return values
+
+
+PADDINGS = ("valid", "same", "causal")
+
+
+def _padding(padding: str, rank: int) -> str:
+    if padding not in PADDINGS[:2 + (rank == 1)]:
+        raise ValueError(f"padding must be one of {', '.join(PADDINGS[:2 + (rank == 1)])}, "
+                         f"got {padding!r}")
+    return padding
+
+
+class Conv(Layer):
+    """Keras's Conv1D/Conv2D, channels last: kernel `(*kernel_size, channels / groups,
+    filters)`, "valid", "same" (or, in 1-D, "causal") padding, strides, dilation, groups."""
+
+    rank = 0
+
+    def __init__(self, filters: int, kernel_size: Any, strides: Any = 1, padding: str = "valid",
+                 dilation_rate: Any = 1, groups: int = 1, activation: Any = None,
+                 use_bias: bool = True, kernel_initializer: Any = "glorot_uniform",
+                 bias_initializer: Any = "zeros", name: str | None = None,
+                 input_shape: Sequence[int] | None = None):
+        super().__init__(name)
+        if not isinstance(filters, int) or filters <= 0:
+            raise ValueError(f"filters must be a positive integer, got {filters!r}")
+        if not isinstance(groups, int) or groups <= 0 or filters % groups:
+            raise ValueError(f"groups must be a positive integer dividing filters ({filters}), "
+                             f"got {groups!r}")
+        self.filters, self.groups, self.use_bias = filters, groups, use_bias
+        self.kernel_size = _spatial(kernel_size, self.rank, "kernel_size")
+        self.strides = _spatial(strides, self.rank, "strides")
+        self.dilation = _spatial(dilation_rate, self.rank, "dilation_rate")
+        self.padding = _padding(padding, self.rank)
+        self.activation = _activation(activation)
+        self.kernel_initializer = get_initializer(kernel_initializer)
+        self.bias_initializer = get_initializer(bias_initializer)
+        self.declared_input_shape = tuple(input_shape) if input_shape else None
+
+    def _attrs(self, input_shape) -> dict[str, Any]:
+        attrs = {"strides": list(self.strides),
+                 "pads": ops.same_pads(self.padding, input_shape[:-1], self.kernel_size,
+                                       self.strides, self.dilation),
+                 "groups": self.groups}
+        if any(d > 1 for d in self.dilation):
+            attrs["dilation"] = list(self.dilation)
+        return attrs
+
+    def _kernel_shape(self, input_shape) -> tuple[int, ...]:
+        if len(input_shape) != self.rank + 1:
+            raise ValueError(f"{type(self).__name__} takes inputs of {self.rank} spatial axes "
+                             f"and channels, got shape {tuple(input_shape)}")
+        if input_shape[-1] % self.groups:
+            raise ValueError(f"{input_shape[-1]} input channels do not split into "
+                             f"{self.groups} groups")
+        return (*self.kernel_size, input_shape[-1] // self.groups, self.filters)
+
+    def compute_output_shape(self, input_shape):
+        # A stand-in of the kernel's shape that holds no memory.
+        kernel = np.broadcast_to(np.float32(0), self._kernel_shape(input_shape))
+        return ops.OPS["conv"].out_shape(tuple(input_shape), self._attrs(input_shape),
+                                         {"kernel": kernel})
+
+    def build(self, input_shape, rng):
+        super().build(input_shape, rng)
+        self.attrs = self._attrs(self.input_shape)
+        self.kernel = Variable(self.kernel_initializer(self._kernel_shape(input_shape), rng),
+                               name=f"{self.name}/kernel")
+        self.variables = [self.kernel]
+        if self.use_bias:
+            self.bias = Variable(self.bias_initializer((self.filters,), rng),
+                                 name=f"{self.name}/bias")
+            self.variables.append(self.bias)
+
+    def _weights(self) -> dict[str, Any]:
+        return {"kernel": self.kernel, "bias": self.bias} if self.use_bias else {
+            "kernel": self.kernel}
+
+    def call(self, x, training, rng):
+        y = ops.conv(x, self.attrs, self._weights())
+        return self.activation.call(y, training, rng) if self.activation else y
+
+    def ir_nodes(self):
+        nodes = [(self.name, "conv", dict(self.attrs),
+                  {k: v.data for k, v in self._weights().items()})]
+        if self.activation is not None:
+            act = self.activation
+            nodes.append((f"{self.name}_{act.activation}", act.activation, dict(act.attrs), {}))
+        return nodes
+
+    def describe(self):
+        act = f", {self.activation.describe()[11:-1]}" if self.activation else ""
+        size = "x".join(map(str, self.kernel_size))
+        return f"{type(self).__name__}({self.filters}, {size}{act})"
+
+
+class Conv1D(Conv):
+    kind, rank = "conv1d", 1
+
+
+class Conv2D(Conv):
+    kind, rank = "conv2d", 2
+
+
+class Pooling(Layer):
+    """Keras's MaxPooling/AveragePooling 1D and 2D: `pool_size`, `strides` (default: the
+    pool), "valid" or "same" padding (padding never wins a max nor counts in a mean)."""
+
+    rank, op = 0, ""
+
+    def __init__(self, pool_size: Any = 2, strides: Any = None, padding: str = "valid",
+                 name: str | None = None):
+        super().__init__(name)
+        self.pool = _spatial(pool_size, self.rank, "pool_size")
+        self.strides = _spatial(self.pool if strides is None else strides, self.rank, "strides")
+        if padding not in PADDINGS[:2]:
+            raise ValueError(f"padding must be valid or same, got {padding!r}")
+        self.padding = padding
+
+    def _attrs(self, input_shape) -> dict[str, Any]:
+        if len(input_shape) != self.rank + 1:
+            raise ValueError(f"{type(self).__name__} takes inputs of {self.rank} spatial axes "
+                             f"and channels, got shape {tuple(input_shape)}")
+        return {"pool": list(self.pool), "strides": list(self.strides),
+                "pads": ops.same_pads(self.padding, input_shape[:-1], self.pool, self.strides,
+                                      [1] * self.rank)}
+
+    def compute_output_shape(self, input_shape):
+        return ops.OPS[self.op].out_shape(tuple(input_shape), self._attrs(input_shape), {})
+
+    def build(self, input_shape, rng):
+        super().build(input_shape, rng)
+        self.attrs = self._attrs(self.input_shape)
+
+    def call(self, x, training, rng):
+        return ops.OPS[self.op].forward(x, self.attrs, {})
+
+    def ir_nodes(self):
+        return [(self.name, self.op, dict(self.attrs), {})]
+
+    def describe(self):
+        return f"{type(self).__name__}({'x'.join(map(str, self.pool))})"
+
+
+class MaxPooling1D(Pooling):
+    kind, rank, op = "max_pooling1d", 1, "max_pool"
+
+
+class MaxPooling2D(Pooling):
+    kind, rank, op = "max_pooling2d", 2, "max_pool"
+
+
+class AveragePooling1D(Pooling):
+    kind, rank, op = "average_pooling1d", 1, "avg_pool"
+
+
+class AveragePooling2D(Pooling):
+    kind, rank, op = "average_pooling2d", 2, "avg_pool"
+
+
+class GlobalPooling(Layer):
+    """Keras's GlobalAveragePooling/GlobalMaxPooling 1D and 2D: one value per channel."""
+
+    rank, op = 0, ""
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != self.rank + 1:
+            raise ValueError(f"{type(self).__name__} takes inputs of {self.rank} spatial axes "
+                             f"and channels, got shape {tuple(input_shape)}")
+        return (input_shape[-1],)
+
+    def call(self, x, training, rng):
+        return ops.OPS[self.op].forward(x, {}, {})
+
+    def ir_nodes(self):
+        return [(self.name, self.op, {}, {})]
+
+
+class GlobalAveragePooling1D(GlobalPooling):
+    kind, rank, op = "global_average_pooling1d", 1, "global_avg_pool"
+
+
+class GlobalAveragePooling2D(GlobalPooling):
+    kind, rank, op = "global_average_pooling2d", 2, "global_avg_pool"
+
+
+class GlobalMaxPooling1D(GlobalPooling):
+    kind, rank, op = "global_max_pooling1d", 1, "global_max_pool"
+
+
+class GlobalMaxPooling2D(GlobalPooling):
+    kind, rank, op = "global_max_pooling2d", 2, "global_max_pool"
+
+
+WINDOWED = {c.kind: c for c in (Conv1D, Conv2D, MaxPooling1D, MaxPooling2D, AveragePooling1D,
+                                AveragePooling2D, GlobalAveragePooling1D, GlobalAveragePooling2D,
+                                GlobalMaxPooling1D, GlobalMaxPooling2D)}
+
+
 class Normalization(Layer):
     """y = (x - mean) / std with fixed statistics (not trained): standardization that travels
     with the model, so exported code takes raw features."""
@@ -817,7 +1023,14 @@ class Sequential:
                 and act.activation == self.loss.fuses)
 
     def _forward_loss(self, x: Tensor, y: Any, training: bool) -> tuple[Tensor, Tensor]:
-        """(loss, predictions). A final softmax/sigmoid is fused into its cross-entropy."""
+        """(loss, predictions). A final softmax/sigmoid is fused into its cross-entropy.
+        Labels of shape (N,) for one output per sample are taken as (N, 1), as Keras does,
+        rather than broadcast against the predictions into an (N, N) loss."""
+        y = np.asarray(y.data if isinstance(y, Tensor) else y)
+        out = self.layers[-1].output_shape
+        if (not isinstance(self.loss, SparseCategoricalCrossentropy) and out and out[-1] == 1
+                and y.ndim == len(out)):
+            y = y[..., None]
         if not self._fusable():
             pred = self(x, training)
             return self.loss(y, pred), pred

@@ -7,7 +7,7 @@ import pytest
 
 import distill
 import distill.autodiff as ad
-from distill import nn, optim
+from distill import nn, ops, optim
 from distill.autodiff import Tape, Variable
 
 
@@ -404,6 +404,89 @@ def test_to_ir_keeps_names_and_exact_slopes():
     assert model.nodes[3].attrs["alpha"] == float(np.float32(0.1234567))
     x = np.linspace(-3, 3, 20, dtype=np.float32).reshape(-1, 1)
     np.testing.assert_array_equal(distill.run(model, x), m.predict(x))
+
+
+def test_conv_and_pooling_layers_shapes_names_and_ir():
+    """Keras's padding rules and names; the IR the layers become runs to the same outputs."""
+    m = nn.Sequential([nn.Conv2D(4, 3, padding="same", strides=2, activation="relu"),
+                       nn.MaxPooling2D(2, padding="same"), nn.Conv2D(6, (1, 2), groups=2),
+                       nn.AveragePooling2D((1, 1)), nn.GlobalAveragePooling2D(),
+                       nn.Reshape([6, 1]), nn.Conv1D(3, 3, padding="causal", dilation_rate=2),
+                       nn.MaxPooling1D(2, strides=1), nn.Conv1D(2, 2, use_bias=False),
+                       nn.GlobalMaxPooling1D()], input_shape=(7, 5, 2), seed=0)
+    m.build()
+    assert [lay.name for lay in m.layers[:4]] == ["conv2d", "max_pooling2d", "conv2d_1",
+                                                   "average_pooling2d"]
+    assert [lay.output_shape for lay in m.layers] == [
+        (4, 3, 4), (2, 2, 4), (2, 1, 6), (2, 1, 6), (6,), (6, 1), (6, 3), (5, 3), (4, 2), (2,)]
+    assert m.get_layer("conv2d_1").kernel.shape == (1, 2, 2, 6)
+    model = m.to_ir()
+    conv = model.node("conv2d")
+    # "same" with stride 2 on 7: 4 outputs need 2 zeros, one each side; on 5: 3 need 2 too.
+    assert conv.attrs == {"strides": [2, 2], "pads": [1, 1, 1, 1], "groups": 1}
+    assert model.node("conv1d").attrs["pads"] == [4, 0]  # causal: all before
+    assert model.node("conv1d").attrs["dilation"] == [2]
+    # "same" pooling of 4 x 3: the odd zero goes after the width.
+    assert model.node("max_pooling2d").attrs == {"pool": [2, 2], "strides": [2, 2],
+                                                 "pads": [0, 0, 0, 1]}
+    assert set(model.node("conv1d_1").weights) == {"kernel"}
+    x = np.random.default_rng(0).normal(size=(9, 7, 5, 2)).astype(np.float32)
+    np.testing.assert_array_equal(distill.run(model, x), m.predict(x))
+    assert "Conv2D(4, 3x3, relu)" in m.summary(print_fn=None)
+
+
+def test_labels_of_shape_n_are_one_column_not_broadcast():
+    """(N,) labels for one output per sample mean (N, 1), as in Keras; broadcast against
+    (N, 1) predictions they would make an (N, N) loss that barely trains."""
+    x = np.random.default_rng(0).normal(size=(32, 3)).astype(np.float32)
+    y = (x.sum(axis=1) > 0).astype(np.int64)
+    losses = []
+    for labels in (y, y.reshape(-1, 1)):
+        for loss in ("binary_crossentropy", "mse"):
+            m = nn.Sequential([nn.Dense(1, activation="sigmoid")], input_shape=(3,), seed=0)
+            m.compile(loss, optim.SGD(0.5))
+            losses.append(m.fit(x, labels, epochs=3, batch_size=8, verbose=0).history["loss"])
+            losses[-1].append(m.evaluate(x, labels)["loss"])
+    assert losses[:2] == losses[2:]
+
+
+def test_conv_layers_refuse_bad_arguments_and_inputs():
+    with pytest.raises(ValueError, match="kernel_size must be a positive integer or 2"):
+        nn.Conv2D(3, (3, 3, 3))
+    with pytest.raises(ValueError, match="groups must be a positive integer dividing"):
+        nn.Conv1D(3, 2, groups=2)
+    with pytest.raises(ValueError, match="padding must be one of valid, same, got 'causal'"):
+        nn.Conv2D(2, 3, padding="causal")
+    with pytest.raises(ValueError, match="takes inputs of 2 spatial axes and channels"):
+        nn.Sequential([nn.Conv2D(2, 3)], input_shape=(8, 1)).build()
+    with pytest.raises(ValueError, match="do not split into 2 groups"):
+        nn.Sequential([nn.Conv1D(2, 3, groups=2)], input_shape=(8, 3)).build()
+    with pytest.raises(ValueError, match="does not fit an axis"):
+        nn.Sequential([nn.MaxPooling1D(9)], input_shape=(8, 3)).build()
+
+
+def test_a_small_cnn_learns_and_its_gradients_are_the_central_differences():
+    rng = np.random.default_rng(0)
+    # Class 1: a bright vertical bar somewhere; class 0: a horizontal one.
+    x = np.zeros((64, 6, 6, 1), np.float32)
+    y = np.arange(64) % 2
+    for i, at in enumerate(rng.integers(0, 6, 64)):
+        x[i, :, at] = 1 if y[i] else 0
+        x[i, at, :] = 0 if y[i] else 1
+    x += rng.normal(0, 0.1, x.shape).astype(np.float32)
+    m = nn.Sequential([nn.Conv2D(4, 3, activation="relu"), nn.MaxPooling2D(2),
+                       nn.Flatten(), nn.Dense(1, activation="sigmoid")],
+                      input_shape=(6, 6, 1), seed=1)
+    m.compile("binary_crossentropy", optim.Adam(0.05), ["accuracy"])
+    history = m.fit(x, y, epochs=20, batch_size=16, verbose=0).history
+    assert history["accuracy"][-1] == 1.0 and history["loss"][-1] < history["loss"][0] / 10
+    conv = m.get_layer("conv2d")
+    x64 = x[:4].astype(np.float64)
+
+    def loss_of(kernel, bias):
+        return ad.mean(ops.conv(x64, conv.attrs, {"kernel": kernel, "bias": bias}) ** 2)
+    assert ad.check_gradients(loss_of, conv.kernel.data.astype(np.float64),
+                              conv.bias.data.astype(np.float64)) < 1e-6
 
 
 def test_tensorflow_gradients_agree_on_a_small_mlp():
