@@ -10,6 +10,11 @@ expected type), so a bad config fails in one line before any data is loaded or s
     source = "digits"
     [[model.layers]]
     type = "dense"                       # dense | activation | dropout | flatten | reshape
+                                         # conv1d | conv2d (filters, kernel_size, strides,
+                                         #   padding, dilation_rate, groups, activation)
+                                         # max_pooling1d/2d | average_pooling1d/2d
+                                         #   (pool_size, strides, padding)
+                                         # global_average_pooling1d/2d, global_max_pooling1d/2d
     units = 100
     activation = "sigmoid"               # or {name = "leaky_relu", alpha = 0.2} (elu too)
     [training]
@@ -48,7 +53,16 @@ LAYER_KEYS = {
     "dropout": {"rate"},
     "flatten": set(),
     "reshape": {"shape"},
+    **{kind: {"filters", "kernel_size", "strides", "padding", "dilation_rate", "groups",
+              "activation", "use_bias", "kernel_initializer", "bias_initializer"}
+       for kind in ("conv1d", "conv2d")},
+    **{kind: {"pool_size", "strides", "padding"}
+       for kind in ("max_pooling1d", "max_pooling2d", "average_pooling1d",
+                    "average_pooling2d")},
+    **{kind: set() for kind in ("global_average_pooling1d", "global_average_pooling2d",
+                                "global_max_pooling1d", "global_max_pooling2d")},
 }
+WINDOW_SIZES = ("kernel_size", "strides", "dilation_rate", "pool_size")
 OPTIMIZER_KEYS = {"sgd": {"learning_rate", "momentum", "nesterov"},
                   "adam": {"learning_rate", "beta_1", "beta_2", "epsilon"},
                   "rmsprop": {"learning_rate", "rho", "momentum", "epsilon"}}
@@ -104,6 +118,8 @@ class Config:
                 layers.append(nn.Dropout(spec["rate"], name=name))
             elif kind == "flatten":
                 layers.append(nn.Flatten(name=name))
+            elif kind in nn.WINDOWED:
+                layers.append(nn.WINDOWED[kind](name=name, **spec))
             else:
                 layers.append(nn.Reshape(spec["shape"], name=name))
         return layers
@@ -238,6 +254,8 @@ def _layer(spec: Any, i: int) -> dict[str, Any]:
                           f"{', '.join(LAYER_KEYS)}")
     check_keys(spec, LAYER_KEYS[kind] | {"type", "name"}, f"{where} ({kind})")
     _typed(spec, "name", str, None, where)
+    if kind in nn.WINDOWED:
+        _windowed(spec, kind, where)
     if kind == "dense":
         units = spec.get("units")
         if not isinstance(units, int) or isinstance(units, bool) or units < 1:
@@ -245,13 +263,8 @@ def _layer(spec: Any, i: int) -> dict[str, Any]:
         if units > MAX_UNITS:
             raise ConfigError(f"{where} (dense) units must be at most {MAX_UNITS:,}, got "
                               f"{units:,}")
-        _typed(spec, "use_bias", bool, True, where)
-        for key in ("kernel_initializer", "bias_initializer"):
-            init = _typed(spec, key, str, "zeros", where)
-            if init not in nn.INITIALIZERS:
-                raise ConfigError(f"{where} unknown {key} {init!r}; expected one of "
-                                  f"{', '.join(nn.INITIALIZERS)}")
-    if kind in ("dense", "activation") and "activation" in spec:
+        _weighted(spec, where)
+    if kind in ("dense", "activation", "conv1d", "conv2d") and "activation" in spec:
         _activation(spec["activation"], where)
     if kind == "activation":
         if "activation" not in spec:
@@ -269,6 +282,44 @@ def _layer(spec: Any, i: int) -> dict[str, Any]:
             raise ConfigError(f"{where} (reshape) needs shape, a list of positive integers "
                               f"of at most {MAX_UNITS:,} (one may be -1)")
     return dict(spec)
+
+
+def _weighted(spec: dict[str, Any], where: str) -> None:
+    """A dense or conv layer's use_bias and initializers."""
+    _typed(spec, "use_bias", bool, True, where)
+    for key in ("kernel_initializer", "bias_initializer"):
+        init = _typed(spec, key, str, "zeros", where)
+        if init not in nn.INITIALIZERS:
+            raise ConfigError(f"{where} unknown {key} {init!r}; expected one of "
+                              f"{', '.join(nn.INITIALIZERS)}")
+
+
+def _windowed(spec: dict[str, Any], kind: str, where: str) -> None:
+    """A conv or pooling layer's keys: sizes as a positive integer or one per spatial axis."""
+    where = f"{where} ({kind})"
+    if kind.startswith("conv"):
+        filters = spec.get("filters")
+        if not isinstance(filters, int) or isinstance(filters, bool) or not \
+                0 < filters <= MAX_UNITS:
+            raise ConfigError(f"{where} needs filters, a positive integer of at most "
+                              f"{MAX_UNITS:,}; got {filters!r}")
+        if "kernel_size" not in spec:
+            raise ConfigError(f"{where} needs kernel_size (an integer, or one per axis)")
+        _weighted(spec, where)
+        _typed(spec, "groups", int, 1, where)
+    for key in WINDOW_SIZES:
+        value = spec.get(key, 1)
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, int) and not isinstance(v, bool)
+                                 and 0 < v <= MAX_UNITS for v in values):
+            raise ConfigError(f"{where} key {key!r} must be a positive integer or a list of "
+                              f"them (at most {MAX_UNITS:,}), got {value!r}")
+    _typed(spec, "padding", str, "valid", where)
+    args = {k: v for k, v in spec.items() if k not in ("type", "name", "activation")}
+    try:
+        nn.WINDOWED[kind](**args)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _activation(spec: Any, where: str) -> None:

@@ -379,6 +379,25 @@ def _windows(s: Shape, window: list[int], attrs) -> tuple[Shape, list[int], list
     return tuple(out), strides, dilation, pads
 
 
+def same_pads(padding: str, shape: Shape, window: list[int], strides: list[int],
+              dilation: list[int]) -> list[int]:
+    """`pads` for Keras's padding names: "valid" (none), "same" (the output has ceil(n / stride)
+    positions; the odd zero goes after) or "causal" (all before, 1-D)."""
+    rank = len(window)
+    if padding == "valid":
+        return [0] * (2 * rank)
+    if padding == "causal":
+        return [d * (k - 1) for k, d in zip(window, dilation)] + [0] * rank
+    if padding != "same":
+        raise ValueError(f"padding={padding!r}")
+    before, after = [], []
+    for n, k, st, d in zip(shape, window, strides, dilation):
+        total = max((-(-n // st) - 1) * st + d * (k - 1) + 1 - n, 0)
+        before.append(total // 2)
+        after.append(total - total // 2)
+    return before + after
+
+
 def window_index(s: Shape, window: list[int], attrs) -> np.ndarray:
     """(outputs, window) positions into the padded input's flattened spatial axes: row o
     holds the positions that output position o reads, in row-major window order."""
@@ -411,7 +430,7 @@ def _gather(x, window: list[int], attrs, value: float):
     index = window_index(x.shape[1:], window, attrs)
     xp = _pad(x, list(attrs["pads"]), value)
     flat = ad.reshape(xp, (xp.shape[0], -1, xp.shape[-1]))
-    return flat[(slice(None), index)]
+    return ad.take(flat, index, axis=1)
 
 
 def _conv_shape(s: Shape, attrs, w) -> Shape:

@@ -101,6 +101,22 @@ def test_train_inspect_predict(tmp_path):
     (BASE.replace("binary_crossentropy", "mean_squared_error"), "for regression"),
     (BASE + "[extra]\n", 'unknown key \'extra\''),
     ("this is not toml", "not valid TOML"),
+    (BASE.replace('type = "dense"\nunits = 3', 'type = "conv2d"\nfilters = 3\nkernel_size = 3'),
+     "do not fit the data (2,): Conv2D takes inputs of 2 spatial axes"),
+    (BASE.replace('type = "dense"\nunits = 3', 'type = "conv1d"\nkernel_size = 3'),
+     "needs filters, a positive integer"),
+    (BASE.replace('type = "dense"\nunits = 3', 'type = "conv1d"\nfilters = 2\nkernel_size = 0'),
+     "key 'kernel_size' must be a positive integer or a list of them"),
+    (BASE.replace('type = "dense"\nunits = 3',
+                  'type = "conv1d"\nfilters = 4\nkernel_size = 3\ngroups = 3'),
+     "groups must be a positive integer dividing filters"),
+    (BASE.replace('type = "dense"\nunits = 3', 'type = "conv2d"\nfilters = 4\n'
+                  'kernel_size = [3, 3, 3]'), "kernel_size must be a positive integer or 2"),
+    (BASE.replace('type = "dense"\nunits = 3\nactivation = "tanh"',
+                  'type = "max_pooling2d"\npadding = "causal"'),
+     "padding must be valid or same"),
+    (BASE.replace('type = "dense"\nunits = 3\nactivation = "tanh"',
+                  'type = "global_max_pooling1d"\npool_size = 2'), "unknown key 'pool_size'"),
 ])
 def test_config_errors_are_one_line_before_training(tmp_path, text, match):
     config = write_config(tmp_path, text)

@@ -432,3 +432,46 @@ def test_configs_train_the_new_activations_on_both_backends(tmp_path):
         assert result.metrics["test"]["accuracy"] >= 0.9, (backend, result.metrics)
         for r in verify(result.model, LANGS, samples=16):
             assert r.ok, r.line()
+
+
+def test_configs_train_conv_and_pooling_layers_on_both_backends(tmp_path):
+    """Every conv and pooling layer a config names, with strides, "same" and "causal"
+    padding, dilation and groups, trains on both backends into the same IR nodes with the
+    same options (Keras's padding rules are the NumPy core's), and exports everywhere."""
+    from distill.backends import train
+    from distill.config import load_config
+    layers = [
+        ('conv1d', 'filters = 4\nkernel_size = 3\npadding = "causal"\ndilation_rate = 2\n'
+                   'activation = {name = "elu", alpha = 0.5}'),
+        ('max_pooling1d', 'pool_size = 3\nstrides = 2\npadding = "same"'),
+        ('conv1d', 'filters = 4\nkernel_size = 2\ngroups = 2\nstrides = 2\npadding = "same"'),
+        ('average_pooling1d', 'pool_size = 2\npadding = "same"'),
+        ('reshape', 'shape = [2, 2, 2]'),
+        ('conv2d', 'filters = 6\nkernel_size = [2, 1]\npadding = "same"\nactivation = "relu"\n'
+                   'kernel_initializer = "he_normal"'),
+        ('max_pooling2d', 'pool_size = [1, 2]'),
+        ('average_pooling2d', 'pool_size = 1'),
+        ('global_average_pooling2d', ''),
+        ('reshape', 'shape = [3, 2]'),
+        ('global_max_pooling1d', ''),
+        ('dense', 'units = 4\nactivation = "softmax"'),
+    ]
+    text = "".join(f'[[model.layers]]\ntype = "{kind}"\n{keys}\n\n' for kind, keys in layers)
+    path = tmp_path / "convs.toml"
+    path.write_text('name = "convs"\nseed = 0\n\n[data]\nsource = "signals"\nn = 40\n'
+                    f'length = 16\ntest = 0.25\n\n{text}[training]\n'
+                    'loss = "sparse_categorical_crossentropy"\n'
+                    'optimizer = {name = "adam", learning_rate = 0.01}\n'
+                    'batch_size = 16\nepochs = 2\n')
+    config = load_config(path)
+    models = [train(config, backend, verbose=0).model for backend in ("numpy", "tensorflow")]
+    numpy_nodes, keras_nodes = ([(n.name, n.op, n.attrs, {k: w.shape for k, w in
+                                                          n.weights.items()})
+                                 for n in m.nodes] for m in models)
+    assert numpy_nodes == keras_nodes
+    assert [n[1] for n in numpy_nodes].count("conv") == 3
+    assert models[0].node("conv1d").attrs == {"strides": [1], "pads": [4, 0], "groups": 1,
+                                              "dilation": [2]}
+    for model in models:
+        for r in verify(model, LANGS, samples=16):
+            assert r.ok, r.line()

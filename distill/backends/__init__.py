@@ -7,6 +7,7 @@ only the training in the middle differs. `train(config, backend=...)` picks one.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,7 +111,7 @@ MAX_PARAMETERS = 1 << 26
 
 
 def check_parameters(layers: list, input_shape: tuple[int, ...]) -> None:
-    """Count the dense weights the layers will create on this input, before creating any.
+    """Count the dense and conv weights the layers will create on this input, before creating any.
 
     A shape the layers cannot take is left for `build` to report in its own words.
     """
@@ -122,6 +123,9 @@ def check_parameters(layers: list, input_shape: tuple[int, ...]) -> None:
             return
         if isinstance(layer, nn.Dense) and shape:
             total += (shape[-1] + 1) * layer.units
+        if isinstance(layer, nn.Conv):
+            total += (math.prod(layer.kernel_size) * shape[-1] // layer.groups + 1) * \
+                layer.filters
         shape = out
     if total > MAX_PARAMETERS:
         raise DataError(f"the layers need {total:,} parameters on data of shape "

@@ -264,20 +264,10 @@ def _tuple(value: Any, rank: int) -> list[int]:
 
 def _pads(padding: str, shape, window: list[int], strides: list[int],
           dilation: list[int]) -> list[int]:
-    """IR pads (before each axis, then after each) for Keras's "valid", "same" or "causal"."""
-    rank = len(window)
-    if padding == "valid":
-        return [0] * (2 * rank)
-    if padding == "causal":
-        return [d * (k - 1) for k, d in zip(window, dilation)] + [0] * rank
-    if padding != "same":
-        raise Unsupported(f"padding={padding!r}")
-    before, after = [], []
-    for n, k, st, d in zip(shape, window, strides, dilation):
-        total = max((-(-n // st) - 1) * st + d * (k - 1) + 1 - n, 0)
-        before.append(total // 2)
-        after.append(total - total // 2)
-    return before + after
+    try:
+        return ops.same_pads(padding, shape, window, strides, dilation)
+    except ValueError as e:
+        raise Unsupported(str(e)) from None
 
 
 def _windowed_config(layer, shapes, window: list[int]) -> dict[str, Any]:

@@ -76,20 +76,36 @@ def _layers(keras, config: Config, prep) -> list:
         name = spec.get("name") or _auto_name(kind, names)
         names.add(name)
         seed = config.seed * 1000 + i
-        if kind == "dense":
+        if kind in ("dense", "conv1d", "conv2d"):
             act = spec.get("activation")
             act = {"name": act} if isinstance(act, str) else act
             fused = act["name"] if act and act["name"] not in SEPARATE else None
-            layers.append(keras.layers.Dense(
-                spec["units"], activation=fused, use_bias=spec.get("use_bias", True),
-                kernel_initializer=_initializer(keras, spec.get("kernel_initializer",
-                                                                "glorot_uniform"), seed),
-                bias_initializer=_initializer(keras, spec.get("bias_initializer", "zeros"),
-                                              seed + 500),
-                name=name))
+            weighted = {
+                "activation": fused, "use_bias": spec.get("use_bias", True),
+                "kernel_initializer": _initializer(keras, spec.get("kernel_initializer",
+                                                                   "glorot_uniform"), seed),
+                "bias_initializer": _initializer(keras, spec.get("bias_initializer", "zeros"),
+                                                 seed + 500),
+                "name": name}
+            if kind == "dense":
+                layers.append(keras.layers.Dense(spec["units"], **weighted))
+            else:
+                cls = keras.layers.Conv1D if kind == "conv1d" else keras.layers.Conv2D
+                layers.append(cls(spec["filters"], _size(spec["kernel_size"]),
+                                  strides=_size(spec.get("strides", 1)),
+                                  padding=spec.get("padding", "valid"),
+                                  dilation_rate=_size(spec.get("dilation_rate", 1)),
+                                  groups=spec.get("groups", 1), **weighted))
             if act and act["name"] in SEPARATE:
                 layers.append(_with_alpha(keras, act["name"], act.get("alpha"),
                                           f"{name}_{act['name']}"))
+        elif kind in POOLINGS:
+            strides = spec.get("strides")
+            layers.append(getattr(keras.layers, POOLINGS[kind])(
+                _size(spec.get("pool_size", 2)), strides=None if strides is None else
+                _size(strides), padding=spec.get("padding", "valid"), name=name))
+        elif kind in GLOBAL_POOLINGS:
+            layers.append(getattr(keras.layers, GLOBAL_POOLINGS[kind])(name=name))
         elif kind == "activation":
             if spec["activation"] in SEPARATE:
                 layers.append(_with_alpha(keras, spec["activation"], spec.get("alpha"), name))
@@ -102,6 +118,19 @@ def _layers(keras, config: Config, prep) -> list:
         else:
             layers.append(keras.layers.Reshape(spec["shape"], name=name))
     return layers
+
+
+POOLINGS = {"max_pooling1d": "MaxPooling1D", "max_pooling2d": "MaxPooling2D",
+            "average_pooling1d": "AveragePooling1D", "average_pooling2d": "AveragePooling2D"}
+GLOBAL_POOLINGS = {"global_average_pooling1d": "GlobalAveragePooling1D",
+                   "global_average_pooling2d": "GlobalAveragePooling2D",
+                   "global_max_pooling1d": "GlobalMaxPooling1D",
+                   "global_max_pooling2d": "GlobalMaxPooling2D"}
+
+
+def _size(value):
+    """A config's window size (an integer or a list) as Keras takes it."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _auto_name(kind: str, taken: set[str]) -> str:
