@@ -8,7 +8,7 @@ What it promises:
 - Every `Dataset` holds finite float32 features `x` of shape (N, ...) and labels `y`: int64 class
   indices of shape (N,) for classification, float32 targets of shape (N, d) for regression.
   The constructor checks this, so a `Dataset` that exists is a valid one.
-- Generators (`blobs`, `linear`, `exp`, `sumprod`) are deterministic for a given seed.
+- Generators (`blobs`, `linear`, `exp`, `sumprod`, `signals`) are deterministic for a given seed.
 - Bad input raises `ConfigError` (the table is wrong: an unknown key with a suggestion, a wrong
   type naming the key and what it accepts) or `DataError` (the data is wrong: naming the file,
   and the line, row or column where that is known). Nothing is downloaded.
@@ -21,6 +21,10 @@ Sources (`source = "..."`); every key is optional unless marked required:
   N(0, 10) read as *variance* 10 (standard deviation sqrt(10)), and returned as `truth`.
 - `exp`: `n` (1000) points x uniform on [0, 1), y = e^x.
 - `sumprod`: `n` (1500) points uniform on [0, 1)^2, y = (x1 + x2, x1 * x2).
+- `signals`: `n` series per class (250) of `length` steps (128), one channel, shape
+  (N, length, 1), and `noise` (0.1): four classes of waveform, "sine", "square", "triangle" and
+  "sawtooth", each of a random frequency (2 to 8 periods), phase and amplitude (0.5 to 1.5),
+  plus noise * N(0, 1) at every step. For 1-D convolutions.
 - `digits`, `iris`, `wine`, `breast_cancer`: the sets bundled with scikit-learn.
 - `csv`: `path` (required), `label` (column name or index, negative counts from the end; default
   the last column), `features` (column names; default all but the label), `header` (true),
@@ -355,6 +359,31 @@ def _sumprod(table: Mapping[str, Any], base_dir: Path, seed: int) -> Dataset:
     x64 = x.astype(np.float64)
     y = np.stack([x64[:, 0] + x64[:, 1], x64[:, 0] * x64[:, 1]], axis=1).astype(np.float32)
     return _generated("sumprod", seed, x, y, "regression")
+
+
+WAVEFORMS = ("sine", "square", "triangle", "sawtooth")
+
+
+@_source("signals", {"n", "length", "noise"})
+def _signals(table: Mapping[str, Any], base_dir: Path, seed: int) -> Dataset:
+    k = len(WAVEFORMS)
+    length = _get_int(table, "length", 128, minimum=2, maximum=MAX_GENERATED_VALUES // k)
+    n = _get_size(table, "n", 250, per_row=k * length)
+    noise = _get_float(table, "noise", 0.1, minimum=0.0)
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.repeat(np.arange(k, dtype=np.int64), n))
+    periods = rng.uniform(2.0, 8.0, (k * n, 1))
+    amplitude = rng.uniform(0.5, 1.5, (k * n, 1))
+    t = periods * np.arange(length) / length + rng.random((k * n, 1))  # in periods
+    frac = t - np.floor(t)
+    waves = np.stack([np.sin(2 * np.pi * t), np.where(frac < 0.5, 1.0, -1.0),
+                      4 * np.abs(frac - 0.5) - 1, 2 * frac - 1])
+    x = amplitude * waves[labels, np.arange(k * n)] + noise * rng.standard_normal((k * n, length))
+    x = x.astype(np.float32).reshape(k * n, length, 1)
+    return Dataset(x=x, y=labels, task="classification", feature_names=None,
+                   class_names=WAVEFORMS,
+                   description=_describe("signals", f"generated, seed {seed}", x, labels,
+                                         "classification", len(WAVEFORMS)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = ("blobs", "linear", "exp", "sumprod", "digits", "tabular")
+WORKLOADS = ("blobs", "linear", "exp", "sumprod", "digits", "tabular", "digits_cnn", "signals")
 # The one time limit a test may set: a guard against a hang, never a judge of speed. Minutes,
 # so that a machine busy with other work never trips it.
 HANG_SECONDS = 300

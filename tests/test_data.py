@@ -30,6 +30,7 @@ from distill.errors import ConfigError, DataError
     ("linear", (100, 1), (100, 3), "regression"),
     ("exp", (1000, 1), (1000, 1), "regression"),
     ("sumprod", (1500, 2), (1500, 2), "regression"),
+    ("signals", (1000, 128, 1), (1000,), "classification"),
 ])
 def test_generator_defaults(source, x_shape, y_shape, task):
     ds = load_data({"source": source})
@@ -45,6 +46,7 @@ def test_generator_defaults(source, x_shape, y_shape, task):
     {"source": "linear", "m": 20, "inputs": 2, "outputs": 2},
     {"source": "exp", "n": 30},
     {"source": "sumprod", "n": 30},
+    {"source": "signals", "n": 5, "length": 16},
 ])
 def test_generators_are_deterministic(table):
     a, b = load_data(table, seed=3), load_data(table, seed=3)
@@ -100,6 +102,26 @@ def test_exp_and_sumprod_targets_are_exact():
     x = ds.x.astype(np.float64)
     np.testing.assert_allclose(ds.y[:, 0], x[:, 0] + x[:, 1], rtol=1e-7)
     np.testing.assert_allclose(ds.y[:, 1], x[:, 0] * x[:, 1], rtol=1e-7)
+
+
+def test_signals_are_their_waveforms_plus_the_noise_asked_for():
+    ds = load_data({"source": "signals", "n": 50, "length": 64, "noise": 0})
+    assert ds.class_names == ("sine", "square", "triangle", "sawtooth")
+    assert np.bincount(ds.y).tolist() == [50] * 4  # balanced, and shuffled:
+    assert len(set(ds.y[:8].tolist())) > 1
+    x = ds.x[..., 0].astype(np.float64)
+    peak = np.abs(x).max(axis=1)
+    assert 0.5 <= peak.min() and peak.max() <= 1.5  # the amplitudes
+    square = x[ds.y == 1]
+    assert np.allclose(np.abs(square), np.abs(square).max(axis=1, keepdims=True))
+    # A sine's and a triangle's steps are smooth; a sawtooth jumps by twice its amplitude.
+    jump = np.abs(np.diff(x, axis=1)).max(axis=1) / peak
+    assert jump[ds.y == 0].max() < 0.8 and jump[ds.y == 2].max() < 0.8
+    assert jump[ds.y == 3].min() > 1.2
+    noisy = load_data({"source": "signals", "n": 50, "length": 64, "noise": 0.5})
+    assert 0.4 < np.std(noisy.x - ds.x) < 0.6  # same seed: same waves, plus the noise
+    with pytest.raises(ConfigError, match="'length' must be an integer >= 2"):
+        load_data({"source": "signals", "length": 1})
 
 
 # --- scikit-learn sets -----------------------------------------------------------------------

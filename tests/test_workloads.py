@@ -1,4 +1,6 @@
-"""The six reference workloads (../shared/workloads.md): each example config trains to its bar.
+"""The reference workloads: the six of ../shared/workloads.md, and two convolutional ones (a
+digits CNN and a 1-D conv classifier of generated signals); each example config trains to its
+bar.
 
 Each trains in seconds on two cores. The bars are checked on the reference interpreter's
 outputs (`ir.run` on the trained IR), not the trainer's; `BARS` is shared with the TensorFlow
@@ -60,7 +62,22 @@ def tabular(config, result):
     assert len(np.unique(distill.run(result.model, x_test).argmax(-1))) > 2
 
 
-BARS = {f.__name__: f for f in (blobs, linear, exp, sumprod, digits, tabular)}
+def digits_cnn(config, result):
+    assert result.metrics["test"]["accuracy"] >= 0.98
+    assert [n.op for n in result.model.nodes][:5] == ["normalize", "reshape", "conv", "relu",
+                                                     "max_pool"]
+    assert result.model.input_shape == (64,)
+
+
+def signals(config, result):
+    assert result.metrics["test"]["accuracy"] >= 0.95
+    assert result.model.input_shape == (128, 1)
+    assert {"conv", "max_pool", "global_max_pool"} <= {n.op for n in result.model.nodes}
+    assert result.model.labels == ("sine", "square", "triangle", "sawtooth")
+
+
+BARS = {f.__name__: f for f in (blobs, linear, exp, sumprod, digits, tabular, digits_cnn,
+                                signals)}
 
 
 @pytest.mark.parametrize("name", WORKLOADS)
