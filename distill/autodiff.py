@@ -27,7 +27,8 @@ import numpy as np
 __all__ = [
     "Tensor", "Variable", "Tape", "constant",
     "add", "sub", "mul", "div", "neg", "pow", "matmul", "affine", "exp", "log", "tanh", "maximum",
-    "minimum", "where", "sum", "mean", "max", "reshape", "transpose", "concatenate", "take", "cast",
+    "minimum", "where", "sum", "mean", "max", "reshape", "transpose", "concatenate", "take",
+    "scatter", "cast",
     "sigmoid", "relu", "leaky_relu", "softmax", "log_softmax", "unary",
     "softmax_cross_entropy", "sigmoid_cross_entropy", "mean_squared_error",
     "half_sum_squared_error",
@@ -426,23 +427,40 @@ def _getitem(a: Tensor, index) -> Tensor:
     return _record(a.data[index], (a,), vjp)
 
 
-def take(a: Any, index: Any, axis: int) -> Tensor:
-    """a's entries at `index` along `axis`, as numpy.take. A 2-D index whose every column holds
-    distinct positions (a convolution's window table) is added back column by column, with
-    plain indexing; any other with add.at, many times slower."""
-    a, index = _lift(a), np.asarray(index)
-    by_column = index.ndim == 2 and all(len(np.unique(c)) == len(c) for c in index.T)
-    lead = (slice(None),) * axis
+def _by_column(index: np.ndarray) -> bool:
+    """Whether every column of a 2-D index holds distinct positions (a window table does)."""
+    return index.ndim == 2 and all(len(np.unique(c)) == len(c) for c in index.T)
 
-    def vjp(g):
-        full = np.zeros_like(a.data)
-        if by_column:
-            for k in range(index.shape[1]):
-                full[lead + (index[:, k],)] += g[lead + (slice(None), k)]
-        else:
-            np.add.at(full, lead + (index,), g)
-        return (full,)
-    return _record(np.take(a.data, index, axis=axis), (a,), vjp)
+
+def _add_at(full: np.ndarray, index: np.ndarray, values: np.ndarray, axis: int,
+            by_column: bool) -> np.ndarray:
+    """full[..., index, ...] += values along `axis`, every repeat counted: column by column
+    with plain indexing where `by_column`, else with add.at (many times slower)."""
+    lead = (slice(None),) * axis
+    if by_column:
+        for k in range(index.shape[1]):
+            full[lead + (index[:, k],)] += values[lead + (slice(None), k)]
+    else:
+        np.add.at(full, lead + (index,), values)
+    return full
+
+
+def take(a: Any, index: Any, axis: int) -> Tensor:
+    """a's entries at `index` along `axis`, as numpy.take; the gradient adds them back."""
+    a, index = _lift(a), np.asarray(index)
+    by_column = _by_column(index)
+    return _record(np.take(a.data, index, axis=axis), (a,),
+                   lambda g: (_add_at(np.zeros_like(a.data), index, g, axis, by_column),))
+
+
+def scatter(a: Any, index: Any, size: int, axis: int) -> Tensor:
+    """The transpose of `take`: an axis of `size` zeros, to which a's entries are added at
+    `index` along `axis` (a's axes `axis`, `axis + 1`, ... match index's); the gradient
+    takes them back."""
+    a, index = _lift(a), np.asarray(index)
+    shape = (*a.shape[:axis], size, *a.shape[axis + index.ndim:])
+    out = _add_at(np.zeros(shape, a.dtype), index, a.data, axis, _by_column(index))
+    return _record(out, (a,), lambda g: (np.take(g, index, axis=axis),))
 
 
 def concatenate(tensors: Sequence[Any], axis: int = 0) -> Tensor:

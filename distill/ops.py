@@ -398,6 +398,30 @@ def same_pads(padding: str, shape: Shape, window: list[int], strides: list[int],
     return before + after
 
 
+def transposed_pads(padding: str, shape: Shape, window: list[int], strides: list[int],
+                    dilation: list[int], output_padding: list[int] | None = None
+                    ) -> tuple[list[int], list[int]]:
+    """(`pads`, `output_padding`) of a transposed convolution with Keras's padding names.
+    Keras sets the output length; TensorFlow's transposed convolution places it: "same" cuts
+    half the overhang before (the lesser half), "valid" nothing; what the windows do not reach
+    is output padding, after."""
+    before, after, extra = [], [], []
+    for i, (n, k, st, d) in enumerate(zip(shape, window, strides, dilation)):
+        span = d * (k - 1) + 1
+        full = (n - 1) * st + span
+        if output_padding is None:
+            length = n * st + max(span - st, 0) if padding == "valid" else n * st
+        else:
+            length = full - 2 * (span // 2 if padding == "same" else 0) + output_padding[i]
+        if padding not in ("valid", "same"):
+            raise ValueError(f"padding={padding!r}")
+        cut = max(full - length, 0) // 2 if padding == "same" else 0
+        before.append(cut)
+        after.append(max(full - cut - length, 0))
+        extra.append(max(length - (full - cut), 0))
+    return before + after, extra
+
+
 def window_index(s: Shape, window: list[int], attrs) -> np.ndarray:
     """(outputs, window) positions into the padded input's flattened spatial axes: row o
     holds the positions that output position o reads, in row-major window order."""
@@ -467,6 +491,67 @@ def conv(x, attrs, w):
     if "bias" in w:
         y = y + w["bias"]
     return ad.reshape(y, (n, *out, filters))
+
+
+def transposed_full(s: Shape, attrs, w) -> tuple[int, ...]:
+    """A transposed convolution's spatial shape before its pads are cut: every position a
+    window of the input reaches, (n - 1) * stride + dilation * (k - 1) + 1 per axis."""
+    kernel = w["kernel"].shape
+    rank = len(s) - 1
+    if rank not in (1, 2) or len(kernel) != rank + 2 or s[-1] != kernel[-2]:
+        raise ValueError(f"kernel of shape {kernel} does not fit an input of shape {s} "
+                         "(kernel: *window, channels, filters)")
+    strides = _ints(attrs, "strides", rank, 1)
+    dilation = _ints(attrs, "dilation", rank, 1) if "dilation" in attrs else [1] * rank
+    return tuple((n - 1) * st + d * (k - 1) + 1
+                 for n, k, st, d in zip(s[:-1], kernel[:-2], strides, dilation))
+
+
+def _conv_transpose_shape(s: Shape, attrs, w) -> Shape:
+    full = transposed_full(s, attrs, w)
+    rank = len(full)
+    pads = _ints(attrs, "pads", 2 * rank, 0)
+    extra = _ints(attrs, "output_padding", rank, 0) if "output_padding" in attrs else \
+        [0] * rank
+    strides = attrs["strides"]
+    if any(e >= st for e, st in zip(extra, strides)):
+        raise ValueError(f"output_padding {extra} must be less than the strides {strides}")
+    if "bias" in w and w["bias"].shape != (w["kernel"].shape[-1],):
+        raise ValueError(f"bias of shape {w['bias'].shape} does not fit kernel "
+                         f"{w['kernel'].shape}")
+    out = [n + e - pads[i] - pads[rank + i] for i, (n, e) in enumerate(zip(full, extra))]
+    if min(out) < 1:
+        raise ValueError(f"pads {pads} leave nothing of a transposed output of {full}")
+    return (*out, w["kernel"].shape[-1])
+
+
+@op("conv_transpose", shape=_conv_transpose_shape, weights=("kernel",),
+    optional_weights=("bias",), attrs={"strides": list, "pads": list},
+    optional_attrs={"dilation": list, "output_padding": list},
+    macs=lambda i, o, w: prod(i[:-1]) * prod(w["kernel"].shape))
+def conv_transpose(x, attrs, w):
+    """The transpose (gradient) of a convolution: input position i adds x[i] * kernel[k] at
+    output position i * stride + k * dilation - pads before, window offsets k in order;
+    `output_padding` positions after the last window get the bias alone. Kernel (*window,
+    channels, filters); Keras's (*window, filters, channels) is transposed by the importer."""
+    kernel = w["kernel"]
+    window, cin, filters = list(kernel.shape[:-2]), kernel.shape[-2], kernel.shape[-1]
+    full = transposed_full(x.shape[1:], attrs, w)
+    rank, k = len(full), prod(window)
+    out = _conv_transpose_shape(x.shape[1:], attrs, w)
+    # where input position i's window offsets land in the full output: a convolution's table
+    table = window_index((*full, filters), window, {**attrs, "pads": [0] * (2 * rank)})
+    n = x.shape[0]
+    per_input = ad.transpose(ad.reshape(kernel, (k, cin, filters)), (1, 0, 2))
+    cols = ad.matmul(ad.reshape(x, (n, -1, cin)), ad.reshape(per_input, (cin, k * filters)))
+    y = ad.scatter(ad.reshape(cols, (n, -1, k, filters)), table, prod(full), axis=1)
+    y = ad.reshape(y, (n, *full, filters))
+    extra = list(attrs.get("output_padding", [0] * rank))
+    if any(extra):
+        y = _pad(y, [0] * rank + extra, 0.0)
+    pads = attrs["pads"]
+    y = y[(slice(None), *(slice(pads[i], pads[i] + out[i]) for i in range(rank)))]
+    return y + w["bias"] if "bias" in w else y
 
 
 def _pool_shape(s: Shape, attrs, w) -> Shape:

@@ -147,7 +147,7 @@ def activations(rng):
 def convolutions(rng):
     """2-D and 1-D: strides, padding on each side, dilation, groups and depthwise, bias or
     none, max and average pooling with padding, zero padding, upsampling, cropping, both
-    global poolings."""
+    global poolings, transposed convolutions (cut, output padding, dilation)."""
     from distill import ir
 
     def r(*shape):
@@ -165,7 +165,10 @@ def convolutions(rng):
             ("dw", "conv", {"strides": [1, 1], "pads": [0, 0, 0, 0], "groups": 6,
                             "dilation": [2, 1]}, {"kernel": r(2, 2, 1, 12)}),
             ("g", "global_avg_pool", {}, {}, "dw"), ("gm", "global_max_pool", {}, {}, "dw"),
-        ], outputs=["g", "gm", "z"]),
+            ("up2", "conv_transpose", {"strides": [2, 3], "pads": [1, 0, 0, 1],
+                                       "output_padding": [1, 2], "dilation": [1, 2]},
+             {"kernel": r(3, 2, 6, 3), "bias": r(3)}, "mp"),
+        ], outputs=["g", "gm", "z", "up2"]),
         ir.make_model("conv1d", (9, 3), [
             ("c", "conv", {"strides": [2], "pads": [2, 0], "groups": 1, "dilation": [2]},
              {"kernel": r(3, 3, 5), "bias": r(5)}),
@@ -175,5 +178,7 @@ def convolutions(rng):
             ("up", "upsample", {"size": [3]}, {}),
             ("cut", "crop", {"crops": [0, 2]}, {}),
             ("g", "global_avg_pool", {}, {}),
-        ]),
+            ("t", "conv_transpose", {"strides": [3], "pads": [0, 2]}, {"kernel": r(2, 5, 2)},
+             "mp"),
+        ], outputs=["g", "t"]),
     ]

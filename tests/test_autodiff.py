@@ -23,7 +23,7 @@ def pos(*shape):
 
 onehot = np.eye(5)[[0, 3, 1, 4]]
 W234, W34, W27, W35, W45, B32 = r(4, 2, 3), r(3, 4), r(2, 7), r(3, 5), r(4, 5), r(3, 2) > 0
-W2324 = r(2, 3, 2, 4)
+W2324, W254, W244 = r(2, 3, 2, 4), r(2, 5, 4), r(2, 4, 4)
 
 # (name, function of Tensors, input arrays). Shapes include broadcasting and keepdims.
 CASES = [
@@ -70,6 +70,10 @@ CASES = [
      [r(2, 4, 4)]),
     ("take_repeated", lambda a: ad.take(a, [[0, 1], [0, 3]], axis=1) * W2324[:, :2],
      [r(2, 4, 4)]),
+    ("scatter_windows", lambda a: ad.scatter(a, [[0, 1], [1, 2], [2, 3]], 5, axis=1) * W254,
+     [r(2, 3, 2, 4)]),
+    ("scatter_repeated", lambda a: ad.scatter(a, [[0, 0], [0, 3]], 4, axis=1) * W244,
+     [r(2, 2, 2, 4)]),
     ("concatenate", lambda a, b: ad.concatenate([a, b, a], axis=1) * W27, [r(2, 3), r(2, 1)]),
     ("cast", lambda a: ad.cast(a, np.float64) * 2.0, [r(3)]),
     ("sigmoid", lambda a: ad.sigmoid(a), [r(3, 4, low=-8, high=8)]),
@@ -98,7 +102,8 @@ def test_every_primitive_and_composite_is_covered():
     covered = {c[0].split("_")[0] for c in CASES} | {c[0] for c in CASES}
     for op in ["add", "sub", "mul", "div", "neg", "pow", "matmul", "affine", "exp", "log", "tanh",
                "maximum", "where", "sum", "mean", "max", "reshape", "transpose", "getitem",
-               "take", "concatenate", "sigmoid", "relu", "leaky_relu", "softmax", "log_softmax"]:
+               "take", "scatter", "concatenate", "sigmoid", "relu", "leaky_relu", "softmax",
+               "log_softmax"]:
         assert op in covered, op
 
 
@@ -331,6 +336,10 @@ OP_GRADIENT_CASES = {
     "conv": ({"strides": [1, 2], "pads": [1, 0, 0, 1], "groups": 2, "dilation": [2, 1]},
              {"kernel": np.linspace(-1, 1, 2 * 2 * 2 * 4).reshape(2, 2, 2, 4),
               "bias": np.arange(4.0)}),
+    "conv_transpose": ({"strides": [2, 1], "pads": [1, 0, 0, 1], "dilation": [1, 2],
+                        "output_padding": [1, 0]},
+                       {"kernel": np.linspace(-1, 1, 2 * 2 * 4 * 3).reshape(2, 2, 4, 3),
+                        "bias": np.arange(3.0)}),
     "max_pool": ({"pool": [2, 2], "strides": [1, 1], "pads": [1, 0, 0, 1]}, {}),
     "avg_pool": ({"pool": [2, 2], "strides": [1, 2], "pads": [1, 1, 0, 1]}, {}),
     "zero_pad": ({"pads": [1, 0, 2, 1]}, {}),
@@ -339,8 +348,8 @@ OP_GRADIENT_CASES = {
 }
 
 
-WINDOWED = ("conv", "max_pool", "avg_pool", "zero_pad", "crop", "upsample", "global_avg_pool",
-            "global_max_pool")
+WINDOWED = ("conv", "conv_transpose", "max_pool", "avg_pool", "zero_pad", "crop", "upsample",
+            "global_avg_pool", "global_max_pool")
 
 
 @pytest.mark.parametrize("op_name", sorted(OP_GRADIENT_CASES) + list(ops.MERGES))

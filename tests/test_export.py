@@ -329,6 +329,14 @@ def test_go_is_gofmt_and_vet_clean(tmp_path):
                        env={**os.environ, "GOTOOLCHAIN": "local", **env})
 
 
+def test_go_of_every_op_is_gofmt_clean(tmp_path):
+    for model in every_op_models():
+        codegen.export(model, ["go"], tmp_path / model.name / "go")
+    out = subprocess.run(["gofmt", "-l", "."], cwd=tmp_path, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout == ""
+
+
 def c_and_go_bits(model: ir.Model, x: np.ndarray, folder: Path, tags: str = "") -> tuple:
     """Export model to C and Go, run x through both (C -O2, Go with build tags `tags`) and
     return each one's output bits, as hex strings."""

@@ -101,6 +101,13 @@ OP_CASES["conv"] = [
     ("1d_plain", (6, 2), lambda r: [("c", "conv", {"strides": [1], "pads": [0, 0],
                                                    "groups": 1}, {"kernel": randn(r, 3, 2, 3)})]),
 ]
+OP_CASES["conv_transpose"] = [
+    ("2d_all_options", (3, 4, 2), lambda r: [("t", "conv_transpose", {
+        "strides": [2, 3], "pads": [1, 0, 0, 2], "dilation": [2, 1], "output_padding": [1, 2]},
+        {"kernel": randn(r, 2, 3, 2, 3), "bias": randn(r, 3)})]),
+    ("1d_plain", (4, 2), lambda r: [("t", "conv_transpose", {"strides": [1], "pads": [0, 0]},
+                                     {"kernel": randn(r, 3, 2, 2)})]),
+]
 for _pool in ("max_pool", "avg_pool"):
     OP_CASES[_pool] = [("2d", (5, 4, 2), lambda r, p=_pool: [
         (p, p, {"pool": [2, 3], "strides": [2, 1], "pads": [0, 1, 1, 1]}, {})])]

@@ -300,6 +300,30 @@ def _conv(layer, shapes) -> list[Spec]:
                                                                 layer.name)
 
 
+@converter("Conv1DTranspose", "Conv2DTranspose")
+def _conv_transpose(layer, shapes) -> list[Spec]:
+    config = layer.get_config()
+    kernel = np.asarray(layer.kernel, np.float32)  # (*window, filters, channels)
+    window = list(kernel.shape[:-2])
+    attrs = _windowed_config(layer, shapes, window)
+    extra = config.get("output_padding")
+    try:
+        attrs["pads"], extra = ops.transposed_pads(
+            config.get("padding", "valid"), shapes[0][:-1], window, attrs["strides"],
+            attrs["dilation"], None if extra is None else _tuple(extra, len(window)))
+    except ValueError as e:
+        raise Unsupported(str(e)) from None
+    if any(extra):
+        attrs["output_padding"] = extra
+    if not any(d > 1 for d in attrs["dilation"]):
+        del attrs["dilation"]
+    weights = {"kernel": np.ascontiguousarray(np.swapaxes(kernel, -1, -2))}
+    if config.get("use_bias", True):
+        weights["bias"] = np.asarray(layer.bias, np.float32)
+    return [(layer.name, "conv_transpose", attrs, weights)] + \
+        _activation(config.get("activation"), layer.name)
+
+
 def _depthwise_kernel(layer) -> np.ndarray:
     """A depthwise kernel (*window, channels, multiplier) as a grouped conv's
     (*window, 1, channels * multiplier): group c makes outputs c * multiplier + m."""

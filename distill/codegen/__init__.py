@@ -238,17 +238,17 @@ def batch_tile(floats_per_sample: int) -> int:
     return fits[0] if fits else BATCH_TILES[-1]
 
 
-WINDOWED = ("conv", "max_pool", "avg_pool", "zero_pad", "crop", "upsample")
+WINDOWED = ("conv", "conv_transpose", "max_pool", "avg_pool", "zero_pad", "crop", "upsample")
 
 
 def _window_figures(node: ir.Node) -> dict[str, Any]:
     """A windowed op's sizes as if it were 2-D (a 1-D one has height 1), for the templates."""
-    from ..ops import window_counts, window_index
+    from ..ops import transposed_full, window_counts, window_index
     a, shape = node.attrs, node.input_shape
     rank = len(shape) - 1
     lift = (lambda v: [1, *v]) if rank == 1 else (lambda v: list(v))
     pads = list(a["pads"] if "pads" in a else a.get("crops", [0] * (2 * rank)))
-    window = list(node.weights["kernel"].shape[:-2]) if node.op == "conv" else \
+    window = list(node.weights["kernel"].shape[:-2]) if "kernel" in node.weights else \
         list(a.get("pool", [1] * rank))
     fig = {"C": shape[-1], "PT": pads[0] if rank == 2 else 0, "PL": pads[rank - 1],
            "PB": pads[2] if rank == 2 else 0, "PR": pads[-1]}
@@ -264,6 +264,17 @@ def _window_figures(node: ir.Node) -> dict[str, Any]:
         fig["G"] = a["groups"]
         fig["CG"] = shape[-1] // a["groups"]
         fig["FG"] = fig["F"] // a["groups"]
+    if node.op == "conv_transpose":
+        fig["F"] = node.output_shape[-1]
+        full = transposed_full(shape, a, node.weights)
+        # where each input position's window offsets land in the full (uncut) output, and
+        # that output's shape with the output padding after, for languages that scatter
+        fig["window_index"] = window_index((*full, fig["F"]), window, {
+            **a, "pads": [0] * (2 * rank)}).astype(np.int32)
+        extra = a.get("output_padding", [0] * rank)
+        fig["full"], fig["full_size"] = list(full), prod(full)
+        fig["extra_widths"] = [[0, 0], *([0, e] for e in extra), [0, 0]] if any(extra) else None
+        fig["cut"] = [[p, p + o] for p, o in zip(pads[:rank], node.output_shape[:-1])]
     if node.op in ("conv", "max_pool", "avg_pool"):
         # which padded-input positions each output reads, for languages that gather (NumPy)
         fig["window_index"] = window_index(shape, window, a).astype(np.int32)

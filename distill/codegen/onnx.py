@@ -277,6 +277,20 @@ def _conv(g: _Graph, node: ir.Node, x: str, y: str) -> None:
                     group=a["groups"], kernel_shape=list(kernel.shape[:-2]))
 
 
+@lowering("conv_transpose")
+def _conv_transpose(g: _Graph, node: ir.Node, x: str, y: str) -> None:
+    a, kernel = node.attrs, node.weights["kernel"]
+    rank = kernel.ndim - 2
+    # ONNX's kernel is (channels, filters, *window): the IR's initializer, transposed
+    w = g.step(node, "kernel_iohw", "Transpose", [g.weight(node, "kernel")],
+               perm=[rank, rank + 1, *range(rank)])
+    bias = [g.weight(node, "bias")] if "bias" in node.weights else []
+    _channels_first(g, node, x, "ConvTranspose", [w, *bias], y, strides=list(a["strides"]),
+                    pads=list(a["pads"]), dilations=list(a.get("dilation", [1] * rank)),
+                    output_padding=list(a.get("output_padding", [0] * rank)),
+                    kernel_shape=list(kernel.shape[:-2]))
+
+
 def _pool(op_type: str, **extra: Any):
     def lower(g: _Graph, node: ir.Node, x: str, y: str) -> None:
         a = node.attrs
