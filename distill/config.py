@@ -12,6 +12,9 @@ expected type), so a bad config fails in one line before any data is loaded or s
     type = "dense"                       # dense | activation | dropout | flatten | reshape
                                          # conv1d | conv2d (filters, kernel_size, strides,
                                          #   padding, dilation_rate, groups, activation)
+                                         # conv1d_transpose | conv2d_transpose (filters,
+                                         #   kernel_size, strides, padding, output_padding,
+                                         #   dilation_rate, activation)
                                          # max_pooling1d/2d | average_pooling1d/2d
                                          #   (pool_size, strides, padding)
                                          # global_average_pooling1d/2d, global_max_pooling1d/2d
@@ -56,6 +59,9 @@ LAYER_KEYS = {
     **{kind: {"filters", "kernel_size", "strides", "padding", "dilation_rate", "groups",
               "activation", "use_bias", "kernel_initializer", "bias_initializer"}
        for kind in ("conv1d", "conv2d")},
+    **{kind: {"filters", "kernel_size", "strides", "padding", "output_padding", "dilation_rate",
+              "activation", "use_bias", "kernel_initializer", "bias_initializer"}
+       for kind in ("conv1d_transpose", "conv2d_transpose")},
     **{kind: {"pool_size", "strides", "padding"}
        for kind in ("max_pooling1d", "max_pooling2d", "average_pooling1d",
                     "average_pooling2d")},
@@ -264,7 +270,7 @@ def _layer(spec: Any, i: int) -> dict[str, Any]:
             raise ConfigError(f"{where} (dense) units must be at most {MAX_UNITS:,}, got "
                               f"{units:,}")
         _weighted(spec, where)
-    if kind in ("dense", "activation", "conv1d", "conv2d") and "activation" in spec:
+    if (kind in ("dense", "activation") or kind.startswith("conv")) and "activation" in spec:
         _activation(spec["activation"], where)
     if kind == "activation":
         if "activation" not in spec:

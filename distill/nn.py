@@ -349,12 +349,13 @@ class Reshape(Layer):
         return [(self.name, "reshape", {"shape": list(self.target_shape)}, {})]
 
 
-def _spatial(value: Any, rank: int, what: str) -> list[int]:
-    """Keras's int-or-tuple window arguments as `rank` positive integers."""
+def _spatial(value: Any, rank: int, what: str, low: int = 1) -> list[int]:
+    """Keras's int-or-tuple window arguments as `rank` integers of at least `low`."""
     values = [value] * rank if isinstance(value, int) else list(value)
-    if len(values) != rank or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                                      for v in values):
-        raise ValueError(f"{what} must be a positive integer or {rank} of them, got {value!r}")
+    if len(values) != rank or not all(isinstance(v, int) and not isinstance(v, bool)
+                                      and v >= low for v in values):
+        kind = "a positive integer" if low == 1 else f"an integer of at least {low}"
+        raise ValueError(f"{what} must be {kind} or {rank} of them, got {value!r}")
     return values
 
 
@@ -460,6 +461,63 @@ class Conv2D(Conv):
     kind, rank = "conv2d", 2
 
 
+class ConvTranspose(Conv):
+    """Keras's Conv1DTranspose/Conv2DTranspose: the transpose of a convolution, "valid" or
+    "same" padding, strides, dilation, optional `output_padding`. The kernel is kept as the
+    IR holds it, `(*kernel_size, channels, filters)`; Keras's is `(*kernel_size, filters,
+    channels)`."""
+
+    def __init__(self, filters: int, kernel_size: Any, strides: Any = 1, padding: str = "valid",
+                 output_padding: Any = None, dilation_rate: Any = 1, activation: Any = None,
+                 use_bias: bool = True, kernel_initializer: Any = "glorot_uniform",
+                 bias_initializer: Any = "zeros", name: str | None = None,
+                 input_shape: Sequence[int] | None = None):
+        super().__init__(filters, kernel_size, strides, padding, dilation_rate, 1, activation,
+                         use_bias, kernel_initializer, bias_initializer, name, input_shape)
+        if padding == "causal":
+            raise ValueError("padding must be one of valid, same, got 'causal'")
+        self.output_padding = None if output_padding is None else \
+            _spatial(output_padding, self.rank, "output_padding", low=0)
+
+    def _attrs(self, input_shape) -> dict[str, Any]:
+        pads, extra = ops.transposed_pads(self.padding, input_shape[:-1], self.kernel_size,
+                                          self.strides, self.dilation, self.output_padding)
+        attrs = {"strides": list(self.strides), "pads": pads}
+        if any(d > 1 for d in self.dilation):
+            attrs["dilation"] = list(self.dilation)
+        if any(extra):
+            attrs["output_padding"] = extra
+        return attrs
+
+    def _kernel_shape(self, input_shape) -> tuple[int, ...]:
+        if len(input_shape) != self.rank + 1:
+            raise ValueError(f"{type(self).__name__} takes inputs of {self.rank} spatial axes "
+                             f"and channels, got shape {tuple(input_shape)}")
+        return (*self.kernel_size, input_shape[-1], self.filters)
+
+    def compute_output_shape(self, input_shape):
+        kernel = np.broadcast_to(np.float32(0), self._kernel_shape(input_shape))
+        return ops.OPS["conv_transpose"].out_shape(tuple(input_shape),
+                                                   self._attrs(input_shape), {"kernel": kernel})
+
+    def call(self, x, training, rng):
+        y = ops.conv_transpose(x, self.attrs, self._weights())
+        return self.activation.call(y, training, rng) if self.activation else y
+
+    def ir_nodes(self):
+        nodes = super().ir_nodes()
+        nodes[0] = (nodes[0][0], "conv_transpose", *nodes[0][2:])
+        return nodes
+
+
+class Conv1DTranspose(ConvTranspose):
+    kind, rank = "conv1d_transpose", 1
+
+
+class Conv2DTranspose(ConvTranspose):
+    kind, rank = "conv2d_transpose", 2
+
+
 class Pooling(Layer):
     """Keras's MaxPooling/AveragePooling 1D and 2D: `pool_size`, `strides` (default: the
     pool), "valid" or "same" padding (padding never wins a max nor counts in a mean)."""
@@ -550,8 +608,9 @@ class GlobalMaxPooling2D(GlobalPooling):
     kind, rank, op = "global_max_pooling2d", 2, "global_max_pool"
 
 
-WINDOWED = {c.kind: c for c in (Conv1D, Conv2D, MaxPooling1D, MaxPooling2D, AveragePooling1D,
-                                AveragePooling2D, GlobalAveragePooling1D, GlobalAveragePooling2D,
+WINDOWED = {c.kind: c for c in (Conv1D, Conv2D, Conv1DTranspose, Conv2DTranspose, MaxPooling1D,
+                                MaxPooling2D, AveragePooling1D, AveragePooling2D,
+                                GlobalAveragePooling1D, GlobalAveragePooling2D,
                                 GlobalMaxPooling1D, GlobalMaxPooling2D)}
 
 

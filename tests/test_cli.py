@@ -117,6 +117,11 @@ def test_train_inspect_predict(tmp_path):
      "padding must be valid or same"),
     (BASE.replace('type = "dense"\nunits = 3\nactivation = "tanh"',
                   'type = "global_max_pooling1d"\npool_size = 2'), "unknown key 'pool_size'"),
+    (BASE.replace('type = "dense"\nunits = 3', 'type = "conv1d_transpose"\nfilters = 2\n'
+                  'kernel_size = 2\noutput_padding = -1'),
+     "output_padding must be an integer of at least 0"),
+    (BASE.replace('type = "dense"\nunits = 3', 'type = "conv1d_transpose"\nfilters = 2\n'
+                  'kernel_size = 2\npadding = "causal"'), "padding must be one of valid, same"),
 ])
 def test_config_errors_are_one_line_before_training(tmp_path, text, match):
     config = write_config(tmp_path, text)

@@ -435,6 +435,30 @@ def test_conv_and_pooling_layers_shapes_names_and_ir():
     assert "Conv2D(4, 3x3, relu)" in m.summary(print_fn=None)
 
 
+def test_transposed_conv_layers_follow_keras_lengths_and_train_their_kernel():
+    m = nn.Sequential([nn.Conv2DTranspose(3, 3, strides=2, padding="same", activation="relu"),
+                       nn.Conv2DTranspose(2, (2, 3), strides=(3, 1), output_padding=(1, 0)),
+                       nn.Reshape([-1, 2]), nn.Conv1DTranspose(2, 2, strides=3, padding="same"),
+                       nn.GlobalAveragePooling1D(), nn.Dense(1)], input_shape=(4, 5, 2), seed=0)
+    m.build()
+    # Keras's lengths: "same" n * stride; valid (n - 1) * stride + window + output padding
+    assert [lay.output_shape for lay in m.layers[:4]] == [(8, 10, 3), (24, 12, 2), (288, 2),
+                                                          (864, 2)]
+    model = m.to_ir()
+    assert model.node("conv2d_transpose").attrs == {"strides": [2, 2], "pads": [0, 0, 1, 1]}
+    assert model.node("conv2d_transpose_1").attrs["output_padding"] == [1, 0]
+    x = np.random.default_rng(0).normal(size=(5, 4, 5, 2)).astype(np.float32)
+    np.testing.assert_array_equal(distill.run(model, x), m.predict(x))
+    layer = m.layers[1]
+    x64 = np.random.default_rng(1).normal(size=(2, 3, 4, 3))
+
+    def loss_of(kernel, bias):
+        y = ops.conv_transpose(x64, layer.attrs, {"kernel": kernel, "bias": bias})
+        return ad.mean(y ** 2)
+    assert ad.check_gradients(loss_of, layer.kernel.data.astype(np.float64),
+                              layer.bias.data.astype(np.float64)) < 1e-6
+
+
 def test_labels_of_shape_n_are_one_column_not_broadcast():
     """(N,) labels for one output per sample mean (N, 1), as in Keras; broadcast against
     (N, 1) predictions they would make an (N, N) loss that barely trains."""

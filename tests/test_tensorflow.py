@@ -286,6 +286,31 @@ def test_convolutions_and_pooling(tmp_path, suffix):
             "global_max_pool"} <= {n.op for n in imported.nodes}
 
 
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_transposed_convolutions(tmp_path, suffix):
+    """Conv1DTranspose/Conv2DTranspose: "same" and "valid", strides beyond the window (the
+    rest is output padding), explicit output_padding, with a bias or none. (TensorFlow has
+    no dilated transposed convolution on CPU; the IR op's dilation is tested on its own.)"""
+    bias = {"bias_initializer": "random_normal"}
+    inp = keras.Input((4, 5, 3))
+    h = keras.layers.Conv2DTranspose(4, 3, strides=2, padding="same", activation="relu",
+                                     **bias)(inp)
+    h = keras.layers.Conv2DTranspose(3, (2, 3), strides=(3, 1), padding="valid", **bias)(h)
+    h = keras.layers.Conv2DTranspose(2, 3, strides=2, padding="same", output_padding=(0, 1),
+                                     **bias)(h)
+    g = keras.layers.Conv2DTranspose(2, 2, use_bias=False)(inp)
+    signal = keras.Input((6, 2))
+    c = keras.layers.Conv1DTranspose(3, 4, strides=2, padding="same", **bias)(signal)
+    c = keras.layers.Conv1DTranspose(2, 1, strides=3, **bias)(c)
+    model = keras.Model([inp, signal], [h, g, c], name="transposed")
+    imported = three_way(model, tmp_path, suffix)
+    nodes = [n for n in imported.nodes if n.op == "conv_transpose"]
+    assert len(nodes) == 6
+    assert [n.output_shape for n in nodes] == [(8, 10, 4), (24, 12, 3), (47, 24, 2), (5, 6, 2),
+                                               (12, 3), (36, 2)]
+    assert any("output_padding" in n.attrs for n in nodes)
+
+
 def test_a_shared_layer_on_inputs_of_two_sizes_gets_each_its_own_options():
     """A shared Conv2D with "same" padding pads a 5x5 and a 6x6 input differently, and a shared
     LayerNormalization normalizes the last axis of a rank-1 and a rank-2 input; the kernels
@@ -435,9 +460,10 @@ def test_configs_train_the_new_activations_on_both_backends(tmp_path):
 
 
 def test_configs_train_conv_and_pooling_layers_on_both_backends(tmp_path):
-    """Every conv and pooling layer a config names, with strides, "same" and "causal"
-    padding, dilation and groups, trains on both backends into the same IR nodes with the
-    same options (Keras's padding rules are the NumPy core's), and exports everywhere."""
+    """Every conv, transposed conv and pooling layer a config names, with strides, "same" and
+    "causal" padding, output padding, dilation and groups, trains on both backends into the
+    same IR nodes with the same options (Keras's padding rules are the NumPy core's), and
+    exports everywhere."""
     from distill.backends import train
     from distill.config import load_config
     layers = [
@@ -447,12 +473,15 @@ def test_configs_train_conv_and_pooling_layers_on_both_backends(tmp_path):
         ('conv1d', 'filters = 4\nkernel_size = 2\ngroups = 2\nstrides = 2\npadding = "same"'),
         ('average_pooling1d', 'pool_size = 2\npadding = "same"'),
         ('reshape', 'shape = [2, 2, 2]'),
+        ('conv2d_transpose', 'filters = 3\nkernel_size = 2\nstrides = 2\npadding = "same"'),
         ('conv2d', 'filters = 6\nkernel_size = [2, 1]\npadding = "same"\nactivation = "relu"\n'
                    'kernel_initializer = "he_normal"'),
         ('max_pooling2d', 'pool_size = [1, 2]'),
         ('average_pooling2d', 'pool_size = 1'),
         ('global_average_pooling2d', ''),
         ('reshape', 'shape = [3, 2]'),
+        ('conv1d_transpose', 'filters = 2\nkernel_size = 3\nstrides = 2\noutput_padding = 1\n'
+                             'activation = "tanh"'),
         ('global_max_pooling1d', ''),
         ('dense', 'units = 4\nactivation = "softmax"'),
     ]
@@ -470,8 +499,26 @@ def test_configs_train_conv_and_pooling_layers_on_both_backends(tmp_path):
                                  for n in m.nodes] for m in models)
     assert numpy_nodes == keras_nodes
     assert [n[1] for n in numpy_nodes].count("conv") == 3
+    assert models[0].node("conv1d_transpose").attrs == {"strides": [2], "pads": [0, 0],
+                                                        "output_padding": [1]}
     assert models[0].node("conv1d").attrs == {"strides": [1], "pads": [4, 0], "groups": 1,
                                               "dilation": [2]}
     for model in models:
         for r in verify(model, LANGS, samples=16):
             assert r.ok, r.line()
+
+
+def test_a_dilated_transposed_conv_on_tensorflow_without_a_gpu_is_a_config_error():
+    from distill.backends.tensorflow import devices
+    from distill.backends.tensorflow import train as tf_train
+    from distill.config import parse_config
+    from distill.errors import ConfigError
+    if any(d.startswith("GPU") for d in devices()):
+        pytest.skip("TensorFlow has dilated transposed convolutions on a GPU")
+    doc = {"data": {"source": "signals", "n": 4, "length": 8},
+           "model": {"layers": [{"type": "conv1d_transpose", "filters": 2, "kernel_size": 2,
+                                 "dilation_rate": 2}, {"type": "flatten"},
+                                {"type": "dense", "units": 4}]},
+           "training": {"loss": "sparse_categorical_crossentropy", "epochs": 1}}
+    with pytest.raises(ConfigError, match="no dilated transposed convolution on CPU"):
+        tf_train(parse_config(doc), verbose=0)

@@ -76,7 +76,7 @@ def _layers(keras, config: Config, prep) -> list:
         name = spec.get("name") or _auto_name(kind, names)
         names.add(name)
         seed = config.seed * 1000 + i
-        if kind in ("dense", "conv1d", "conv2d"):
+        if kind == "dense" or kind in CONVS:
             act = spec.get("activation")
             act = {"name": act} if isinstance(act, str) else act
             fused = act["name"] if act and act["name"] not in SEPARATE else None
@@ -90,12 +90,17 @@ def _layers(keras, config: Config, prep) -> list:
             if kind == "dense":
                 layers.append(keras.layers.Dense(spec["units"], **weighted))
             else:
-                cls = keras.layers.Conv1D if kind == "conv1d" else keras.layers.Conv2D
-                layers.append(cls(spec["filters"], _size(spec["kernel_size"]),
-                                  strides=_size(spec.get("strides", 1)),
-                                  padding=spec.get("padding", "valid"),
-                                  dilation_rate=_size(spec.get("dilation_rate", 1)),
-                                  groups=spec.get("groups", 1), **weighted))
+                dilation = spec.get("dilation_rate", 1)
+                if "transpose" in kind and max(np.ravel(dilation)) > 1 and not any(
+                        d.startswith("GPU") for d in devices()):
+                    raise ConfigError(f"layer {name!r}: TensorFlow has no dilated transposed "
+                                      "convolution on CPU; train it with --backend numpy")
+                extra = {"groups": spec.get("groups", 1)} if "transpose" not in kind else {
+                    "output_padding": _size(spec.get("output_padding"))}
+                layers.append(getattr(keras.layers, CONVS[kind])(
+                    spec["filters"], _size(spec["kernel_size"]),
+                    strides=_size(spec.get("strides", 1)), padding=spec.get("padding", "valid"),
+                    dilation_rate=_size(spec.get("dilation_rate", 1)), **extra, **weighted))
             if act and act["name"] in SEPARATE:
                 layers.append(_with_alpha(keras, act["name"], act.get("alpha"),
                                           f"{name}_{act['name']}"))
@@ -120,6 +125,8 @@ def _layers(keras, config: Config, prep) -> list:
     return layers
 
 
+CONVS = {"conv1d": "Conv1D", "conv2d": "Conv2D", "conv1d_transpose": "Conv1DTranspose",
+         "conv2d_transpose": "Conv2DTranspose"}
 POOLINGS = {"max_pooling1d": "MaxPooling1D", "max_pooling2d": "MaxPooling2D",
             "average_pooling1d": "AveragePooling1D", "average_pooling2d": "AveragePooling2D"}
 GLOBAL_POOLINGS = {"global_average_pooling1d": "GlobalAveragePooling1D",
