@@ -631,20 +631,48 @@ def crop(x, attrs, w):
     return x[(slice(None), *(slice(crops[i], crops[i] + out[i]) for i in range(rank)))]
 
 
+INTERPOLATIONS = ("nearest", "linear")
+
+
 def _upsample_shape(s: Shape, attrs, w) -> Shape:
     rank = len(s) - 1
     if rank not in (1, 2):
         raise ValueError(f"takes inputs of 1 or 2 spatial axes and channels, not {s}")
     size = _ints(attrs, "size", rank, 1)
+    if attrs.get("interpolation", "nearest") not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, not "
+                         f"{attrs['interpolation']!r}")
     return (*[n * k for n, k in zip(s[:-1], size)], s[-1])
 
 
-@op("upsample", shape=_upsample_shape, attrs={"size": list})
+def lerp_table(n: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For linear upsampling of an axis of n by k: each output position's two neighbours and
+    the weight of the second, output o at input coordinate (o + 0.5) / k - 0.5 (half-pixel
+    centres, as Keras and ONNX's half_pixel), clamped to the axis at both ends."""
+    at = (np.arange(n * k) + 0.5) / k - 0.5
+    below = np.floor(at)
+    lo = np.clip(below, 0, n - 1).astype(np.int64)
+    hi = np.clip(below + 1, 0, n - 1).astype(np.int64)
+    return lo, hi, (at - below).astype(np.float32)
+
+
+@op("upsample", shape=_upsample_shape, attrs={"size": list},
+    optional_attrs={"interpolation": str})
 def upsample(x, attrs, w):
-    """Each value repeated `size` times along each spatial axis (nearest neighbour)."""
-    for axis, k in enumerate(attrs["size"]):
-        n = x.shape[axis + 1]
-        x = x[(slice(None),) * (axis + 1) + (np.arange(n * k) // k,)]
+    """Each value repeated `size` times along each spatial axis ("nearest", the default), or
+    "linear" (bilinear in 2-D): along the last spatial axis first, then the one before, each
+    output a + (b - a) * t between its two neighbours a and b (`lerp_table`)."""
+    if attrs.get("interpolation", "nearest") == "nearest":
+        for axis, k in enumerate(attrs["size"]):
+            n = x.shape[axis + 1]
+            x = x[(slice(None),) * (axis + 1) + (np.arange(n * k) // k,)]
+        return x
+    for axis in reversed(range(len(attrs["size"]))):
+        lo, hi, t = lerp_table(x.shape[axis + 1], attrs["size"][axis])
+        a = ad.take(x, lo, axis=axis + 1)
+        along = [1] * len(x.shape)
+        along[axis + 1] = len(t)
+        x = a + (ad.take(x, hi, axis=axis + 1) - a) * t.reshape(along)
     return x
 
 

@@ -147,7 +147,8 @@ def activations(rng):
 def convolutions(rng):
     """2-D and 1-D: strides, padding on each side, dilation, groups and depthwise, bias or
     none, max and average pooling with padding, zero padding, upsampling, cropping, both
-    global poolings, transposed convolutions (cut, output padding, dilation)."""
+    global poolings, transposed convolutions (cut, output padding, dilation), linear
+    upsampling."""
     from distill import ir
 
     def r(*shape):
@@ -165,10 +166,11 @@ def convolutions(rng):
             ("dw", "conv", {"strides": [1, 1], "pads": [0, 0, 0, 0], "groups": 6,
                             "dilation": [2, 1]}, {"kernel": r(2, 2, 1, 12)}),
             ("g", "global_avg_pool", {}, {}, "dw"), ("gm", "global_max_pool", {}, {}, "dw"),
+            ("lin", "upsample", {"size": [3, 2], "interpolation": "linear"}, {}, "ap"),
             ("up2", "conv_transpose", {"strides": [2, 3], "pads": [1, 0, 0, 1],
                                        "output_padding": [1, 2], "dilation": [1, 2]},
              {"kernel": r(3, 2, 6, 3), "bias": r(3)}, "mp"),
-        ], outputs=["g", "gm", "z", "up2"]),
+        ], outputs=["g", "gm", "z", "up2", "lin"]),
         ir.make_model("conv1d", (9, 3), [
             ("c", "conv", {"strides": [2], "pads": [2, 0], "groups": 1, "dilation": [2]},
              {"kernel": r(3, 3, 5), "bias": r(5)}),
@@ -180,5 +182,6 @@ def convolutions(rng):
             ("g", "global_avg_pool", {}, {}),
             ("t", "conv_transpose", {"strides": [3], "pads": [0, 2]}, {"kernel": r(2, 5, 2)},
              "mp"),
-        ], outputs=["g", "t"]),
+            ("lin", "upsample", {"size": [2], "interpolation": "linear"}, {}, "t"),
+        ], outputs=["g", "lin"]),
     ]

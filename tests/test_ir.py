@@ -112,7 +112,11 @@ for _pool in ("max_pool", "avg_pool"):
     OP_CASES[_pool] = [("2d", (5, 4, 2), lambda r, p=_pool: [
         (p, p, {"pool": [2, 3], "strides": [2, 1], "pads": [0, 1, 1, 1]}, {})])]
 OP_CASES["crop"] = [("2d", (5, 4, 2), lambda r: [("c", "crop", {"crops": [1, 0, 2, 1]}, {})])]
-OP_CASES["upsample"] = [("1d", (3, 2), lambda r: [("u", "upsample", {"size": [2]}, {})])]
+OP_CASES["upsample"] = [
+    ("1d", (3, 2), lambda r: [("u", "upsample", {"size": [2]}, {})]),
+    ("2d_linear", (3, 2, 2), lambda r: [("u", "upsample", {"size": [2, 3],
+                                                           "interpolation": "linear"}, {})]),
+]
 OP_CASES["zero_pad"] = [("1d", (4, 2), lambda r: [("z", "zero_pad", {"pads": [2, 1]}, {})])]
 OP_CASES["global_avg_pool"] = [("2d", (3, 2, 4), lambda r: [("g", "global_avg_pool", {}, {})])]
 OP_CASES["global_max_pool"] = [("1d", (5, 2), lambda r: [("g", "global_max_pool", {}, {})])]

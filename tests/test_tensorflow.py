@@ -257,7 +257,7 @@ def test_every_activation_and_normalization_layer(tmp_path, suffix):
 def test_convolutions_and_pooling(tmp_path, suffix):
     """Conv1D/2D (strides, same, valid and causal padding, dilation, groups), depthwise and
     separable convolutions, max and average pooling (same padding: padding not counted), zero
-    padding and both global poolings, on two inputs."""
+    padding, nearest and bilinear upsampling and both global poolings, on two inputs."""
     inp = keras.Input((9, 8, 3))
     h = keras.layers.Conv2D(6, 3, padding="same", activation="relu", strides=(2, 1))(inp)
     h = keras.layers.ZeroPadding2D(((1, 0), (0, 2)))(h)
@@ -267,6 +267,7 @@ def test_convolutions_and_pooling(tmp_path, suffix):
     h = keras.layers.AveragePooling2D((2, 2), strides=1, padding="same")(h)
     h = keras.layers.Conv2D(4, 1, groups=2)(h)
     h = keras.layers.Cropping2D(((1, 0), (0, 1)))(keras.layers.UpSampling2D((2, 1))(h))
+    h = keras.layers.UpSampling2D((3, 2), interpolation="bilinear")(h)
     pooled = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling2D()(h),
                                          keras.layers.GlobalMaxPooling2D()(h)])
     signal = keras.Input((30, 2))

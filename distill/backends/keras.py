@@ -401,10 +401,14 @@ def _cropping(layer, shapes) -> list[Spec]:
 def _upsampling(layer, shapes) -> list[Spec]:
     config = layer.get_config()
     _channels_last(config)
-    if config.get("interpolation", "nearest") != "nearest":
-        raise Unsupported(f"interpolation={config['interpolation']!r} (only nearest)")
+    interpolation = config.get("interpolation", "nearest")
+    if interpolation not in ("nearest", "bilinear"):
+        raise Unsupported(f"interpolation={interpolation!r} (nearest and bilinear are)")
     rank = int(type(layer).__name__[-2])
-    return [(layer.name, "upsample", {"size": _tuple(config["size"], rank)}, {})]
+    attrs = {"size": _tuple(config["size"], rank)}
+    if interpolation == "bilinear":
+        attrs["interpolation"] = "linear"
+    return [(layer.name, "upsample", attrs, {})]
 
 
 MERGES = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply", "Average": "average",

@@ -264,6 +264,12 @@ def _window_figures(node: ir.Node) -> dict[str, Any]:
         fig["G"] = a["groups"]
         fig["CG"] = shape[-1] // a["groups"]
         fig["FG"] = fig["F"] // a["groups"]
+    fig["rank"] = rank
+    if node.op == "upsample" and a.get("interpolation") == "linear":
+        from ..ops import lerp_table
+        # each output row's and column's two neighbours and the second one's weight
+        (fig["y0"], fig["y1"], fig["fy"]), (fig["x0"], fig["x1"], fig["fx"]) = (
+            lerp_table(n, k) for n, k in zip(lift(shape[:-1]), lift(a["size"])))
     if node.op == "conv_transpose":
         fig["F"] = node.output_shape[-1]
         full = transposed_full(shape, a, node.weights)

@@ -335,10 +335,15 @@ def _crop(g: _Graph, node: ir.Node, x: str, y: str) -> None:
 
 @lowering("upsample")
 def _upsample(g: _Graph, node: ir.Node, x: str, y: str) -> None:
-    # nearest neighbour: output i reads input floor(i / size)
     scales = np.array([1, *node.attrs["size"], 1], np.float32)
-    g.add("Resize", [x, "", g.constant(f"{node.name}_scales", scales)], y, node.name,
-          mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    inputs = [x, "", g.constant(f"{node.name}_scales", scales)]
+    if node.attrs.get("interpolation", "nearest") == "linear":
+        # half-pixel centres, clamped at the ends, as the reference's lerp_table
+        g.add("Resize", inputs, y, node.name, mode="linear",
+              coordinate_transformation_mode="half_pixel")
+    else:  # nearest neighbour: output i reads input floor(i / size)
+        g.add("Resize", inputs, y, node.name, mode="nearest",
+              coordinate_transformation_mode="asymmetric", nearest_mode="floor")
 
 
 def _chain(op_type: str):
