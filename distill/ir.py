@@ -266,7 +266,8 @@ def validate(model: Model) -> None:
                                        f"{did_you_mean(key, known_attrs)}")
             # An int stands for a float (JSON writers drop the ".0"); a bool never does.
             number = kind is float and isinstance(value, int)
-            if isinstance(value, bool) or not (isinstance(value, kind) or number):
+            if (isinstance(value, bool) and kind is not bool) or not (
+                    isinstance(value, kind) or number):
                 raise ModelFormatError(f"{where}: attribute {key!r} must be {kind.__name__}")
             if kind is float and not _is_finite(value):
                 raise ModelFormatError(f"{where}: attribute {key!r} is not finite")

@@ -676,6 +676,127 @@ def upsample(x, attrs, w):
     return x
 
 
+# ---------------------------------------------------------------------------------- recurrent
+# Keras's SimpleRNN, GRU and LSTM over inputs (steps, features), with Keras's weight layouts:
+# kernel (features, gates * units), recurrent_kernel (units, gates * units), gates in Keras's
+# order (GRU: z, r, h; LSTM: i, f, c, o). The state starts at zero. Each step's products are
+# x_t @ kernel and h @ recurrent_kernel, one matrix product each, so the autodiff core trains
+# through time (backpropagation through time) with the primitives it has.
+
+GATES = {"simple_rnn": 1, "gru": 3, "lstm": 4}
+STEP_ACTIVATIONS = ("tanh", "sigmoid", "relu", "hard_sigmoid")
+
+
+def _recurrent_shape(s: Shape, attrs, w, op_name: str) -> Shape:
+    if len(s) != 2:
+        raise ValueError(f"takes inputs of (steps, features), not {s}")
+    kernel, recurrent = w["kernel"].shape, w["recurrent_kernel"].shape
+    units = recurrent[0] if recurrent else 0
+    gates = GATES[op_name]
+    if kernel != (s[1], gates * units) or recurrent != (units, gates * units):
+        raise ValueError(f"kernel {kernel} and recurrent_kernel {recurrent} do not fit "
+                         f"inputs of {s} ((features, {gates} * units), (units, {gates} * units))")
+    bias = (2, gates * units) if attrs.get("reset_after") else (gates * units,)
+    if "bias" in w and w["bias"].shape != bias:
+        raise ValueError(f"bias of shape {w['bias'].shape} is not {bias}")
+    for key in ("activation", "recurrent_activation"):
+        if key in attrs and attrs[key] not in STEP_ACTIVATIONS:
+            raise ValueError(f"{key} must be one of {', '.join(STEP_ACTIVATIONS)}, not "
+                             f"{attrs[key]!r}")
+    return (s[0], units) if attrs["return_sequences"] else (units,)
+
+
+def _recurrent(op_name: str, cell: Callable, **extra_attrs: type) -> Callable:
+    """Register a recurrent op whose `cell(zx, h, state, attrs, w)` gives the next (h, state)
+    from zx = x_t @ kernel (+ bias where the cell adds it)."""
+    optional = {"activation": str, "go_backwards": bool, **extra_attrs}
+    if op_name != "simple_rnn":
+        optional["recurrent_activation"] = str
+
+    def forward(x, attrs, w):
+        kernel, recurrent = w["kernel"], w["recurrent_kernel"]
+        units = recurrent.shape[0]
+        n, steps = x.shape[0], x.shape[1]
+        h = ad.constant(np.zeros((n, units), x.dtype))
+        state = h if op_name == "lstm" else None
+        outs = []
+        order = range(steps - 1, -1, -1) if attrs.get("go_backwards") else range(steps)
+        for t in order:
+            h, state = cell(ad.matmul(x[:, t], kernel), h, state, attrs, w)
+            outs.append(h)
+        if not attrs["return_sequences"]:
+            return h
+        return ad.concatenate([ad.reshape(o, (n, 1, units)) for o in outs], axis=1)
+
+    forward.__doc__ = cell.__doc__
+    forward.__name__ = op_name
+    return op(op_name, shape=lambda s, a, w: _recurrent_shape(s, a, w, op_name),
+              weights=("kernel", "recurrent_kernel"), optional_weights=("bias",),
+              attrs={"return_sequences": bool}, optional_attrs=optional,
+              macs=lambda i, o, w: i[0] * (w["kernel"].size + w["recurrent_kernel"].size))(
+                  forward)
+
+
+def step_activation(attrs, key: str, default: str) -> Callable:
+    """The activation named by attrs[key], as the registry's forward pass."""
+    opdef = OPS[attrs.get(key, default)]
+    return lambda v: opdef.forward(v, {}, {})
+
+
+def _simple_rnn_cell(zx, h, state, attrs, w):
+    """h_t = activation(x_t @ kernel + bias + h @ recurrent_kernel), activation tanh by
+    default; return_sequences gives every step's h, else the last; go_backwards reads the
+    steps last to first (and returns them in that order)."""
+    act = step_activation(attrs, "activation", "tanh")
+    z = zx + w["bias"] if "bias" in w else zx
+    return act(z + ad.matmul(h, w["recurrent_kernel"])), None
+
+
+def _gru_cell(zx, h, state, attrs, w):
+    """Keras's GRU: z = ra(xz + hz), r = ra(xr + hr), h~ = a(xh + r * hh) with reset_after
+    (hh = (h @ recurrent_kernel)_h + its bias) or a(xh + (r * h) @ recurrent_kernel_h)
+    without; h_t = z * h + (1 - z) * h~. a is tanh, ra sigmoid by default."""
+    act = step_activation(attrs, "activation", "tanh")
+    ract = step_activation(attrs, "recurrent_activation", "sigmoid")
+    u = h.shape[1]
+    recurrent, bias = w["recurrent_kernel"], w.get("bias")
+    if attrs.get("reset_after"):
+        if bias is not None:
+            zx = zx + bias[0]
+        zh = ad.matmul(h, recurrent)
+        if bias is not None:
+            zh = zh + bias[1]
+        z = ract(zx[:, :u] + zh[:, :u])
+        r = ract(zx[:, u:2 * u] + zh[:, u:2 * u])
+        candidate = act(zx[:, 2 * u:] + r * zh[:, 2 * u:])
+    else:
+        if bias is not None:
+            zx = zx + bias
+        zh = ad.matmul(h, recurrent[:, :2 * u])
+        z = ract(zx[:, :u] + zh[:, :u])
+        r = ract(zx[:, u:2 * u] + zh[:, u:])
+        candidate = act(zx[:, 2 * u:] + ad.matmul(r * h, recurrent[:, 2 * u:]))
+    return z * h + (1 - z) * candidate, None
+
+
+def _lstm_cell(zx, h, c, attrs, w):
+    """Keras's LSTM: z = x_t @ kernel + h @ recurrent_kernel + bias, split into i, f, g, o;
+    c_t = ra(f) * c + ra(i) * a(g), h_t = ra(o) * a(c_t). a is tanh, ra sigmoid by default."""
+    act = step_activation(attrs, "activation", "tanh")
+    ract = step_activation(attrs, "recurrent_activation", "sigmoid")
+    u = h.shape[1]
+    z = zx + ad.matmul(h, w["recurrent_kernel"])
+    if "bias" in w:
+        z = z + w["bias"]
+    c = ract(z[:, u:2 * u]) * c + ract(z[:, :u]) * act(z[:, 2 * u:3 * u])
+    return ract(z[:, 3 * u:]) * act(c), c
+
+
+simple_rnn = _recurrent("simple_rnn", _simple_rnn_cell)
+gru = _recurrent("gru", _gru_cell, reset_after=bool)
+lstm = _recurrent("lstm", _lstm_cell)
+
+
 # ------------------------------------------------------------------------------------- merges
 # Keras's merge layers. Inputs are combined left to right, x0 op x1 op x2 ..., one rounding
 # per operation, which is the order every target follows.

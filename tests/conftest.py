@@ -92,6 +92,7 @@ def graph_models(rng):
         ]),
         activations(rng),
         *convolutions(rng),
+        *recurrent(rng),
         # an in-place merge whose first input comes again; shared broadcast weights on two
         # input shapes; one N-D output of two inputs
         ir.make_model("repeats", {"a": (2, 4), "b": (3, 4)}, [
@@ -185,3 +186,26 @@ def convolutions(rng):
             ("lin", "upsample", {"size": [2], "interpolation": "linear"}, {}, "t"),
         ], outputs=["g", "lin"]),
     ]
+
+
+def recurrent(rng):
+    """SimpleRNN, LSTM and GRU (reset_after both ways), every step's output or the last, read
+    forwards and backwards, every step activation, with and without a bias; two outputs."""
+    from distill import ir
+
+    def r(*shape):
+        return (rng.normal(size=shape) * 0.5).astype(np.float32)
+    return [ir.make_model("recurrent", (6, 3), [
+        ("rnn", "simple_rnn", {"return_sequences": True, "activation": "relu"},
+         {"kernel": r(3, 4), "recurrent_kernel": r(4, 4), "bias": r(4)}),
+        ("lstm", "lstm", {"return_sequences": True, "go_backwards": True,
+                          "recurrent_activation": "hard_sigmoid"},
+         {"kernel": r(4, 12), "recurrent_kernel": r(3, 12), "bias": r(12)}),
+        ("gru", "gru", {"return_sequences": True, "reset_after": True},
+         {"kernel": r(3, 6), "recurrent_kernel": r(2, 6), "bias": r(2, 6)}),
+        ("gru_v1", "gru", {"return_sequences": False, "reset_after": False,
+                           "go_backwards": True, "activation": "sigmoid"},
+         {"kernel": r(2, 9), "recurrent_kernel": r(3, 9)}),
+        ("last", "lstm", {"return_sequences": False, "activation": "relu"},
+         {"kernel": r(3, 8), "recurrent_kernel": r(2, 8)}, "input"),
+    ], outputs=["gru_v1", "last", "gru"])]

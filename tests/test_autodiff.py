@@ -322,6 +322,11 @@ def test_user_function_with_gradient_checker():
     assert check_gradients(mlp, r(5, 3), r(3, 4), r(4, 2)) < 1e-6
 
 
+def _w(*shape):
+    """Weights for the recurrent cases: spread over [-0.8, 0.8], deterministic."""
+    return np.linspace(-0.8, 0.8, prod(shape)).reshape(shape)[..., ::-1].copy()
+
+
 # Every op of the registry that a model trains through, by its attributes and weights: the
 # activations' hand-written derivatives and the merges' compositions.
 OP_GRADIENT_CASES = {
@@ -341,6 +346,15 @@ OP_GRADIENT_CASES = {
                        {"kernel": np.linspace(-1, 1, 2 * 2 * 4 * 3).reshape(2, 2, 4, 3),
                         "bias": np.arange(3.0)}),
     "max_pool": ({"pool": [2, 2], "strides": [1, 1], "pads": [1, 0, 0, 1]}, {}),
+    # recurrent ops over (2 steps, 4 features): backpropagation through time
+    "simple_rnn": ({"return_sequences": True}, {"kernel": _w(4, 3), "recurrent_kernel": _w(3, 3),
+                                                "bias": _w(3)}),
+    "lstm": ({"return_sequences": True, "go_backwards": True},
+             {"kernel": _w(4, 8), "recurrent_kernel": _w(2, 8), "bias": _w(8)}),
+    "gru": ({"return_sequences": False, "reset_after": True},
+            {"kernel": _w(4, 6), "recurrent_kernel": _w(2, 6), "bias": _w(2, 6)}),
+    "gru:reset_before": ({"return_sequences": True, "reset_after": False},
+                         {"kernel": _w(4, 6), "recurrent_kernel": _w(2, 6), "bias": _w(6)}),
     "avg_pool": ({"pool": [2, 2], "strides": [1, 2], "pads": [1, 1, 0, 1]}, {}),
     "zero_pad": ({"pads": [1, 0, 2, 1]}, {}),
     "crop": ({"crops": [1, 0, 2, 1]}, {}), "upsample": ({"size": [2, 3]}, {}),

@@ -108,6 +108,19 @@ OP_CASES["conv_transpose"] = [
     ("1d_plain", (4, 2), lambda r: [("t", "conv_transpose", {"strides": [1], "pads": [0, 0]},
                                      {"kernel": randn(r, 3, 2, 2)})]),
 ]
+OP_CASES["simple_rnn"] = [("sequences", (4, 3), lambda r: [("s", "simple_rnn", {
+    "return_sequences": True, "go_backwards": True, "activation": "relu"},
+    {"kernel": randn(r, 3, 2), "recurrent_kernel": randn(r, 2, 2), "bias": randn(r, 2)})])]
+OP_CASES["lstm"] = [("last", (4, 3), lambda r: [("s", "lstm", {"return_sequences": False}, {
+    "kernel": randn(r, 3, 8), "recurrent_kernel": randn(r, 2, 8), "bias": randn(r, 8)})])]
+OP_CASES["gru"] = [
+    ("reset_after", (4, 3), lambda r: [("s", "gru", {
+        "return_sequences": True, "reset_after": True},
+        {"kernel": randn(r, 3, 6), "recurrent_kernel": randn(r, 2, 6), "bias": randn(r, 2, 6)})]),
+    ("reset_before", (4, 3), lambda r: [("s", "gru", {
+        "return_sequences": False, "reset_after": False, "recurrent_activation": "hard_sigmoid"},
+        {"kernel": randn(r, 3, 6), "recurrent_kernel": randn(r, 2, 6)})]),
+]
 for _pool in ("max_pool", "avg_pool"):
     OP_CASES[_pool] = [("2d", (5, 4, 2), lambda r, p=_pool: [
         (p, p, {"pool": [2, 3], "strides": [2, 1], "pads": [0, 1, 1, 1]}, {})])]

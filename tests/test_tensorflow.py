@@ -312,6 +312,37 @@ def test_transposed_convolutions(tmp_path, suffix):
     assert any("output_padding" in n.attrs for n in nodes)
 
 
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_recurrent_layers(tmp_path, suffix):
+    """SimpleRNN, LSTM and GRU (reset_after both ways): every step's output or the last,
+    go_backwards, the step activations Keras offers that the targets have, with a bias or
+    none."""
+    bias = {"bias_initializer": "random_normal"}
+    inp = keras.Input((7, 3))
+    h = keras.layers.SimpleRNN(4, return_sequences=True, activation="relu", **bias)(inp)
+    h = keras.layers.LSTM(5, return_sequences=True, go_backwards=True,
+                          recurrent_activation="hard_sigmoid", **bias)(h)
+    h = keras.layers.GRU(3, return_sequences=True, **bias)(h)
+    last = keras.layers.GRU(4, reset_after=False, go_backwards=True, use_bias=False,
+                            name="gru_v1")(h)
+    other = keras.layers.LSTM(2, activation="sigmoid", **bias)(inp)
+    model = keras.Model(inp, [keras.layers.Dense(2)(last), other, h], name="recurrent")
+    imported = three_way(model, tmp_path, suffix)
+    assert [n.op for n in imported.nodes].count("gru") == 2
+    assert imported.node("gru_v1").attrs == {"return_sequences": False, "go_backwards": True,
+                                            "reset_after": False, "activation": "tanh",
+                                            "recurrent_activation": "sigmoid"}
+
+
+def test_unsupported_recurrent_options_are_listed_at_once():
+    inp = keras.Input((4, 2))
+    model = keras.Model(inp, keras.layers.LSTM(3, activation="softsign",
+                                               recurrent_activation="elu", stateful=False)(inp))
+    with pytest.raises(distill.DistillError,
+                       match=r"activation='softsign'.*recurrent_activation='elu'"):
+        import_keras(model)
+
+
 def test_a_shared_layer_on_inputs_of_two_sizes_gets_each_its_own_options():
     """A shared Conv2D with "same" padding pads a 5x5 and a 6x6 input differently, and a shared
     LayerNormalization normalizes the last axis of a rank-1 and a rank-2 input; the kernels

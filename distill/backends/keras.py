@@ -324,6 +324,44 @@ def _conv_transpose(layer, shapes) -> list[Spec]:
         _activation(config.get("activation"), layer.name)
 
 
+def _step_activation(name: Any) -> str | None:
+    if isinstance(name, dict):
+        name = name.get("config", {}).get("name") or name.get("class_name")
+    if callable(name):
+        name = getattr(name, "__name__", str(name))
+    return name if name in ops.STEP_ACTIVATIONS else None
+
+
+@converter("SimpleRNN", "GRU", "LSTM")
+def _recurrent(layer, shapes) -> list[Spec]:
+    config = layer.get_config()
+    op = {"SimpleRNN": "simple_rnn", "GRU": "gru", "LSTM": "lstm"}[type(layer).__name__]
+    problems = [f"{key}=True" for key in ("return_state", "stateful", "time_major")
+                if config.get(key)]
+    attrs: dict[str, Any] = {"return_sequences": bool(config.get("return_sequences"))}
+    keys = ["activation"] + (["recurrent_activation"] if op != "simple_rnn" else [])
+    for key in keys:
+        name = _step_activation(config.get(key))
+        if name is None:
+            problems.append(f"{key}={config.get(key)!r} (supported: "
+                            f"{', '.join(ops.STEP_ACTIVATIONS)})")
+        attrs[key] = name
+    if shapes is not None and len(shapes[0]) != 2:
+        problems.append(f"an input of shape {shapes[0]} (steps, features)")
+    if problems:
+        raise Unsupported(", ".join(problems))
+    if config.get("go_backwards"):
+        attrs["go_backwards"] = True
+    if op == "gru":
+        attrs["reset_after"] = bool(config.get("reset_after", True))
+    cell = getattr(layer, "cell", layer)
+    weights = {"kernel": np.asarray(cell.kernel, np.float32),
+               "recurrent_kernel": np.asarray(cell.recurrent_kernel, np.float32)}
+    if config.get("use_bias", True):
+        weights["bias"] = np.asarray(cell.bias, np.float32)
+    return [(layer.name, op, attrs, weights)]
+
+
 def _depthwise_kernel(layer) -> np.ndarray:
     """A depthwise kernel (*window, channels, multiplier) as a grouped conv's
     (*window, 1, channels * multiplier): group c makes outputs c * multiplier + m."""

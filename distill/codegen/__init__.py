@@ -47,6 +47,7 @@ import numpy as np
 
 from .. import __version__, ir
 from ..errors import DistillError
+from ..ops import GATES
 from .render import make_env, templates_dir
 
 # The documented agreement between emitted code and the reference, per output value:
@@ -422,6 +423,15 @@ def context(model: ir.Model, target: Target, name: str | None = None,
                 step["inner"] = prod(node.output_shape[axis + 1:])
             if node.op in WINDOWED:
                 step.update(_window_figures(node))
+            if node.op in GATES:  # steps T of F features, U units, G gates
+                a = node.attrs
+                step.update(T=node.input_shape[0], F=node.input_shape[1],
+                            U=node.weights["recurrent_kernel"].shape[0], G=GATES[node.op],
+                            act=a.get("activation", "tanh"),
+                            ract=a.get("recurrent_activation", "sigmoid"),
+                            seq=a["return_sequences"], backwards=a.get("go_backwards", False),
+                            reset_after=a.get("reset_after", False))
+                step["acts"] = [step["act"]] + ([step["ract"]] if node.op != "simple_rnn" else [])
             if node.op in ("global_avg_pool", "global_max_pool"):
                 step["positions"] = prod(node.input_shape[:-1])
                 step["channels"] = node.input_shape[-1]

@@ -291,6 +291,78 @@ def _conv_transpose(g: _Graph, node: ir.Node, x: str, y: str) -> None:
                     kernel_shape=list(kernel.shape[:-2]))
 
 
+ONNX_ACTIVATIONS = {"tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "Relu",
+                    "hard_sigmoid": "HardSigmoid"}
+# Keras's gate order, as indices into ONNX's: LSTM i, f, c, o -> i, o, f, c; GRU z, r, h as is
+ONNX_GATES = {"simple_rnn": [0], "gru": [0, 1, 2], "lstm": [0, 3, 1, 2]}
+
+
+def _recurrent(g: _Graph, node: ir.Node, x: str, y: str) -> None:
+    """ONNX's RNN, GRU and LSTM (one direction, time first); go_backwards reverses the steps
+    first, so the outputs come in Keras's order (the order they were computed)."""
+    a, steps = node.attrs, node.input_shape[0]
+    units = node.weights["recurrent_kernel"].shape[0]
+    gates = ONNX_GATES[node.op]
+    i64 = lambda tag, v: g.constant(f"{node.name}_{tag}", np.array(v, np.int64))  # noqa: E731
+
+    def onnx_layout(key: str) -> str:
+        """(features or units, gates * units) -> (1, gates * units, features or units), the
+        gate blocks in ONNX's order."""
+        w = g.weight(node, key)
+        if len(gates) > 1:
+            parts = [f"{node.name}_{key}_gate{k}" for k in range(len(gates))]
+            for p in parts:
+                g.tensor(p)
+            g.nodes.append(helper.make_node("Split", [w, i64(f"{key}_split", [units] * len(gates))],
+                                            parts, name=f"{node.name}_{key}_split", axis=1))
+            w = g.step(node, f"{key}_onnx_order", "Concat", [parts[k] for k in gates], axis=1)
+        w = g.step(node, f"{key}_t", "Transpose", [w], perm=[1, 0])
+        return g.step(node, f"{key}_onnx", "Unsqueeze", [w, i64(f"{key}_axis", [0])])
+
+    inputs = [onnx_layout("kernel"), onnx_layout("recurrent_kernel")]
+    if "bias" in node.weights:
+        b = g.weight(node, "bias")
+        size = len(gates) * units
+        if a.get("reset_after"):  # the input's biases, then the recurrent ones
+            inputs.append(g.step(node, "bias_onnx", "Reshape", [b, i64("bias_shape",
+                                                                        [1, 2 * size])]))
+        else:
+            if len(gates) > 1:
+                b = g.step(node, "bias_2d", "Reshape", [b, i64("bias_rows", [len(gates), units])])
+                b = g.step(node, "bias_order", "Gather", [b, i64("bias_gates", gates)], axis=0)
+                b = g.step(node, "bias_flat", "Reshape", [b, i64("bias_flat_shape", [size])])
+            zeros = g.constant(f"{node.name}_recurrent_bias", np.zeros(size, np.float32))
+            b = g.step(node, "bias_both", "Concat", [b, zeros], axis=0)
+            inputs.append(g.step(node, "bias_onnx", "Unsqueeze", [b, i64("bias_axis", [0])]))
+    seq = g.step(node, "time_first", "Transpose", [x], perm=[1, 0, 2])
+    if a.get("go_backwards"):
+        seq = g.step(node, "reversed", "Slice", [seq, i64("rev_start", [-1]),
+                                                 i64("rev_end", [-steps - 1]),
+                                                 i64("rev_axis", [0]), i64("rev_step", [-1])])
+    acts = [a.get("activation", "tanh")]
+    if node.op != "simple_rnn":
+        acts = [a.get("recurrent_activation", "sigmoid")] + acts * (2 if node.op == "lstm" else 1)
+    extra: dict[str, Any] = {}
+    if "hard_sigmoid" in acts:  # Keras 3's relu6(x + 3) / 6 as max(0, min(1, x / 6 + 0.5))
+        extra = {"activation_alpha": [1 / 6 if n == "hard_sigmoid" else 0.0 for n in acts],
+                 "activation_beta": [0.5 if n == "hard_sigmoid" else 0.0 for n in acts]}
+    if node.op == "gru":
+        extra["linear_before_reset"] = int(bool(a.get("reset_after")))
+    op_type = {"simple_rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}[node.op]
+    out = g.step(node, op_type.lower(), op_type, [seq, *inputs], hidden_size=units,
+                 activations=[ONNX_ACTIVATIONS[n] for n in acts], **extra)
+    out = g.step(node, "squeezed", "Squeeze", [out, i64("dir_axis", [1])])  # (T, N, U)
+    if a["return_sequences"]:
+        g.add("Transpose", [out], y, node.name, perm=[1, 0, 2])
+    else:
+        out = g.step(node, "last", "Gather", [out, i64("last_step", [steps - 1])], axis=0)
+        g.add("Squeeze", [out, i64("step_axis", [0])], y, node.name)
+
+
+for _name in ONNX_GATES:
+    lowering(_name)(_recurrent)
+
+
 def _pool(op_type: str, **extra: Any):
     def lower(g: _Graph, node: ir.Node, x: str, y: str) -> None:
         a = node.attrs
