@@ -18,6 +18,9 @@ expected type), so a bad config fails in one line before any data is loaded or s
                                          # max_pooling1d/2d | average_pooling1d/2d
                                          #   (pool_size, strides, padding)
                                          # global_average_pooling1d/2d, global_max_pooling1d/2d
+                                         # simple_rnn | gru | lstm (units, activation,
+                                         #   recurrent_activation, return_sequences,
+                                         #   go_backwards, reset_after, unit_forget_bias)
     units = 100
     activation = "sigmoid"               # or {name = "leaky_relu", alpha = 0.2} (elu too)
     [training]
@@ -68,6 +71,11 @@ LAYER_KEYS = {
     **{kind: set() for kind in ("global_average_pooling1d", "global_average_pooling2d",
                                 "global_max_pooling1d", "global_max_pooling2d")},
 }
+RECURRENT_KEYS = {"units", "activation", "recurrent_activation", "use_bias", "return_sequences",
+                  "go_backwards", "kernel_initializer", "recurrent_initializer",
+                  "bias_initializer"}
+LAYER_KEYS.update(simple_rnn=RECURRENT_KEYS - {"recurrent_activation"},
+                  gru=RECURRENT_KEYS | {"reset_after"}, lstm=RECURRENT_KEYS | {"unit_forget_bias"})
 WINDOW_SIZES = ("kernel_size", "strides", "dilation_rate", "pool_size")
 OPTIMIZER_KEYS = {"sgd": {"learning_rate", "momentum", "nesterov"},
                   "adam": {"learning_rate", "beta_1", "beta_2", "epsilon"},
@@ -126,6 +134,8 @@ class Config:
                 layers.append(nn.Flatten(name=name))
             elif kind in nn.WINDOWED:
                 layers.append(nn.WINDOWED[kind](name=name, **spec))
+            elif kind in nn.RECURRENT:
+                layers.append(nn.RECURRENT[kind](name=name, **spec))
             else:
                 layers.append(nn.Reshape(spec["shape"], name=name))
         return layers
@@ -262,6 +272,8 @@ def _layer(spec: Any, i: int) -> dict[str, Any]:
     _typed(spec, "name", str, None, where)
     if kind in nn.WINDOWED:
         _windowed(spec, kind, where)
+    if kind in nn.RECURRENT:
+        _recurrent(spec, kind, where)
     if kind == "dense":
         units = spec.get("units")
         if not isinstance(units, int) or isinstance(units, bool) or units < 1:
@@ -298,6 +310,27 @@ def _weighted(spec: dict[str, Any], where: str) -> None:
         if init not in nn.INITIALIZERS:
             raise ConfigError(f"{where} unknown {key} {init!r}; expected one of "
                               f"{', '.join(nn.INITIALIZERS)}")
+
+
+def _recurrent(spec: dict[str, Any], kind: str, where: str) -> None:
+    """A recurrent layer's keys: units, step activations by name, flags, initializers."""
+    where = f"{where} ({kind})"
+    units = spec.get("units")
+    if not isinstance(units, int) or isinstance(units, bool) or not 0 < units <= MAX_UNITS:
+        raise ConfigError(f"{where} needs units, a positive integer of at most {MAX_UNITS:,}; "
+                          f"got {units!r}")
+    for key in ("activation", "recurrent_activation"):
+        name = _typed(spec, key, str, "tanh", where)
+        if name not in ops.STEP_ACTIVATIONS:
+            raise ConfigError(f"{where} {key} {name!r} is not one of "
+                              f"{', '.join(ops.STEP_ACTIVATIONS)}")
+    for key in ("return_sequences", "go_backwards", "reset_after", "unit_forget_bias"):
+        _typed(spec, key, bool, False, where)
+    _weighted(spec, where)
+    init = _typed(spec, "recurrent_initializer", str, "orthogonal", where)
+    if init not in nn.INITIALIZERS:
+        raise ConfigError(f"{where} unknown recurrent_initializer {init!r}; expected one of "
+                          f"{', '.join(nn.INITIALIZERS)}")
 
 
 def _windowed(spec: dict[str, Any], kind: str, where: str) -> None:

@@ -116,9 +116,27 @@ class HeUniform(Initializer):
         return rng.uniform(-limit, limit, shape)
 
 
+class Orthogonal(Initializer):
+    """Keras's: the Q of a QR factorization of a normal matrix (rows: all axes but the last),
+    signs fixed by R's diagonal, times `gain`."""
+
+    def __init__(self, gain: float = 1.0, seed: int | None = None):
+        super().__init__(seed)
+        self.gain = gain
+
+    def sample(self, shape, rng):
+        rows, cols = math.prod(shape[:-1]), shape[-1]
+        a = rng.standard_normal((max(rows, cols), min(rows, cols)))
+        q, r = np.linalg.qr(a)
+        q *= np.sign(np.diag(r))
+        q = q.T if rows < cols else q
+        return self.gain * q.reshape(shape)
+
+
 INITIALIZERS = {"zeros": Zeros, "ones": Ones, "random_normal": RandomNormal,
                 "random_uniform": RandomUniform, "glorot_uniform": GlorotUniform,
-                "glorot_normal": GlorotNormal, "he_normal": HeNormal, "he_uniform": HeUniform}
+                "glorot_normal": GlorotNormal, "he_normal": HeNormal, "he_uniform": HeUniform,
+                "orthogonal": Orthogonal}
 
 
 def get_initializer(spec: Any) -> Initializer | Callable:
@@ -606,6 +624,97 @@ class GlobalMaxPooling1D(GlobalPooling):
 
 class GlobalMaxPooling2D(GlobalPooling):
     kind, rank, op = "global_max_pooling2d", 2, "global_max_pool"
+
+
+class Recurrent(Layer):
+    """Keras's SimpleRNN, GRU and LSTM over inputs (steps, features): the registry's
+    simple_rnn/gru/lstm ops, so the NumPy core trains them through time. Keras's defaults:
+    glorot_uniform kernels, orthogonal recurrent kernels, zero biases (an LSTM's forget gate
+    starts at one, `unit_forget_bias`), tanh and sigmoid, GRU reset_after."""
+
+    op = ""
+
+    def __init__(self, units: int, activation: str = "tanh",
+                 recurrent_activation: str = "sigmoid", use_bias: bool = True,
+                 return_sequences: bool = False, go_backwards: bool = False,
+                 reset_after: bool = True, unit_forget_bias: bool = True,
+                 kernel_initializer: Any = "glorot_uniform",
+                 recurrent_initializer: Any = "orthogonal", bias_initializer: Any = "zeros",
+                 name: str | None = None, input_shape: Sequence[int] | None = None):
+        super().__init__(name)
+        if not isinstance(units, int) or isinstance(units, bool) or units <= 0:
+            raise ValueError(f"units must be a positive integer, got {units!r}")
+        for key, value in (("activation", activation),
+                           ("recurrent_activation", recurrent_activation)):
+            if value not in ops.STEP_ACTIVATIONS:
+                raise ValueError(f"{key} must be one of {', '.join(ops.STEP_ACTIVATIONS)}, "
+                                 f"got {value!r}")
+        self.units, self.use_bias, self.unit_forget_bias = units, use_bias, unit_forget_bias
+        self.attrs: dict[str, Any] = {"return_sequences": bool(return_sequences),
+                                      "activation": activation}
+        if self.op != "simple_rnn":
+            self.attrs["recurrent_activation"] = recurrent_activation
+        if go_backwards:
+            self.attrs["go_backwards"] = True
+        if self.op == "gru":
+            self.attrs["reset_after"] = bool(reset_after)
+        self.initializers = [get_initializer(i) for i in (kernel_initializer,
+                                                          recurrent_initializer,
+                                                          bias_initializer)]
+        self.declared_input_shape = tuple(input_shape) if input_shape else None
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 2:
+            raise ValueError(f"{type(self).__name__} takes inputs of (steps, features), got "
+                             f"shape {tuple(input_shape)}")
+        return (input_shape[0], self.units) if self.attrs["return_sequences"] else (self.units,)
+
+    def build(self, input_shape, rng):
+        super().build(input_shape, rng)
+        size = ops.GATES[self.op] * self.units
+        kernel, recurrent, bias = self.initializers
+        self.kernel = Variable(kernel((input_shape[-1], size), rng), name=f"{self.name}/kernel")
+        self.recurrent_kernel = Variable(recurrent((self.units, size), rng),
+                                         name=f"{self.name}/recurrent_kernel")
+        self.variables = [self.kernel, self.recurrent_kernel]
+        if self.use_bias:
+            shape = (2, size) if self.attrs.get("reset_after") else (size,)
+            values = bias(shape, rng)
+            if self.op == "lstm" and self.unit_forget_bias:
+                values[self.units:2 * self.units] = 1
+            self.bias = Variable(values, name=f"{self.name}/bias")
+            self.variables.append(self.bias)
+
+    def _weights(self) -> dict[str, Any]:
+        w = {"kernel": self.kernel, "recurrent_kernel": self.recurrent_kernel}
+        if self.use_bias:
+            w["bias"] = self.bias
+        return w
+
+    def call(self, x, training, rng):
+        return ops.OPS[self.op].forward(x, self.attrs, self._weights())
+
+    def ir_nodes(self):
+        return [(self.name, self.op, dict(self.attrs),
+                 {k: v.data for k, v in self._weights().items()})]
+
+    def describe(self):
+        return f"{type(self).__name__}({self.units})"
+
+
+class SimpleRNN(Recurrent):
+    kind, op = "simple_rnn", "simple_rnn"
+
+
+class GRU(Recurrent):
+    kind, op = "gru", "gru"
+
+
+class LSTM(Recurrent):
+    kind, op = "lstm", "lstm"
+
+
+RECURRENT = {c.kind: c for c in (SimpleRNN, GRU, LSTM)}
 
 
 WINDOWED = {c.kind: c for c in (Conv1D, Conv2D, Conv1DTranspose, Conv2DTranspose, MaxPooling1D,

@@ -122,6 +122,14 @@ def test_train_inspect_predict(tmp_path):
      "output_padding must be an integer of at least 0"),
     (BASE.replace('type = "dense"\nunits = 3', 'type = "conv1d_transpose"\nfilters = 2\n'
                   'kernel_size = 2\npadding = "causal"'), "padding must be one of valid, same"),
+    (BASE.replace('type = "dense"\nunits = 3', 'type = "lstm"\nunits = 3'),
+     "LSTM takes inputs of (steps, features), got shape (2,)"),
+    (BASE.replace('type = "dense"\nunits = 3\nactivation = "tanh"',
+                  'type = "gru"\nunits = 3\nrecurrent_activation = "elu"'),
+     "recurrent_activation 'elu' is not one of tanh, sigmoid, relu, hard_sigmoid"),
+    (BASE.replace('type = "dense"\nunits = 3\nactivation = "tanh"',
+                  'type = "simple_rnn"\nunits = 3\nreset_after = true'),
+     "unknown key 'reset_after'"),
 ])
 def test_config_errors_are_one_line_before_training(tmp_path, text, match):
     config = write_config(tmp_path, text)

@@ -459,6 +459,40 @@ def test_transposed_conv_layers_follow_keras_lengths_and_train_their_kernel():
                               layer.bias.data.astype(np.float64)) < 1e-6
 
 
+def test_recurrent_layers_train_through_time_and_become_their_ir():
+    m = nn.Sequential([nn.LSTM(5, return_sequences=True), nn.GRU(4, go_backwards=True,
+                                                                 return_sequences=True),
+                       nn.GRU(3, reset_after=False), nn.Reshape([3, 1]),
+                       nn.SimpleRNN(2, activation="relu"), nn.Dense(1, activation="sigmoid")],
+                      input_shape=(6, 2), seed=0)
+    m.build()
+    assert [lay.output_shape for lay in m.layers] == [(6, 5), (6, 4), (3,), (3, 1), (2,), (1,)]
+    lstm = m.get_layer("lstm")
+    assert lstm.bias.data[5:10].tolist() == [1.0] * 5  # the forget gate starts open
+    assert m.get_layer("gru").bias.shape == (2, 12) and m.get_layer("gru_1").bias.shape == (9,)
+    rk = lstm.recurrent_kernel.data.astype(np.float64)  # orthogonal: rows orthonormal
+    np.testing.assert_allclose(rk @ rk.T, np.eye(5), atol=1e-5)
+    model = m.to_ir()
+    assert model.node("gru").attrs == {"return_sequences": True, "activation": "tanh",
+                                       "recurrent_activation": "sigmoid", "go_backwards": True,
+                                       "reset_after": True}
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 6, 2)).astype(np.float32)
+    np.testing.assert_array_equal(distill.run(model, x), m.predict(x))
+    y = (x[:, :3, 0].sum(axis=1) > x[:, 3:, 1].sum(axis=1)).astype(np.float32)  # needs memory
+    m.compile("binary_crossentropy", optim.Adam(0.02), ["accuracy"])
+    history = m.fit(x, y, epochs=40, batch_size=16, verbose=0).history
+    assert history["accuracy"][-1] >= 0.9 and history["loss"][-1] < history["loss"][0] / 3
+
+    gru, x64 = m.get_layer("gru_1"), x[:2].astype(np.float64)
+
+    def loss_of(kernel, recurrent, bias):
+        y = ops.gru(x64[:, :, :1].repeat(4, axis=2), gru.attrs,
+                    {"kernel": kernel, "recurrent_kernel": recurrent, "bias": bias})
+        return ad.mean(y ** 2)
+    assert ad.check_gradients(loss_of, *(w.astype(np.float64) for w in gru.get_weights())) < 1e-6
+
+
 def test_labels_of_shape_n_are_one_column_not_broadcast():
     """(N,) labels for one output per sample mean (N, 1), as in Keras; broadcast against
     (N, 1) predictions they would make an (N, N) loss that barely trains."""

@@ -554,3 +554,35 @@ def test_a_dilated_transposed_conv_on_tensorflow_without_a_gpu_is_a_config_error
            "training": {"loss": "sparse_categorical_crossentropy", "epochs": 1}}
     with pytest.raises(ConfigError, match="no dilated transposed convolution on CPU"):
         tf_train(parse_config(doc), verbose=0)
+
+
+def test_configs_train_recurrent_layers_on_both_backends(tmp_path):
+    """simple_rnn, gru (reset_after both ways) and lstm layers of a config train on both
+    backends into the same IR nodes with the same options, and export everywhere."""
+    from distill.backends import train
+    from distill.config import load_config
+    layers = [
+        ('lstm', 'units = 4\nreturn_sequences = true\nrecurrent_activation = "hard_sigmoid"'),
+        ('gru', 'units = 3\nreturn_sequences = true\ngo_backwards = true'),
+        ('gru', 'units = 3\nreturn_sequences = true\nreset_after = false\nuse_bias = false'),
+        ('simple_rnn', 'units = 2\nactivation = "relu"'),
+        ('dense', 'units = 4\nactivation = "softmax"'),
+    ]
+    text = "".join(f'[[model.layers]]\ntype = "{kind}"\n{keys}\n\n' for kind, keys in layers)
+    path = tmp_path / "rnns.toml"
+    path.write_text('name = "rnns"\nseed = 0\n\n[data]\nsource = "signals"\nn = 20\n'
+                    f'length = 12\ntest = 0.25\n\n{text}[training]\n'
+                    'loss = "sparse_categorical_crossentropy"\n'
+                    'optimizer = {name = "adam", learning_rate = 0.01}\n'
+                    'batch_size = 16\nepochs = 2\n')
+    config = load_config(path)
+    models = [train(config, backend, verbose=0).model for backend in ("numpy", "tensorflow")]
+    numpy_nodes, keras_nodes = ([(n.name, n.op, n.attrs, {k: w.shape for k, w in
+                                                          n.weights.items()})
+                                 for n in m.nodes] for m in models)
+    assert numpy_nodes == keras_nodes
+    assert [n[1] for n in numpy_nodes] == ["lstm", "gru", "gru", "simple_rnn", "dense",
+                                           "softmax"]
+    for model in models:
+        for r in verify(model, LANGS, samples=16):
+            assert r.ok, r.line()

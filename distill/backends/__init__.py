@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .. import data as dataset
-from .. import ir, nn
+from .. import ir, nn, ops
 from ..config import Config
 from ..errors import ConfigError, DataError
 
@@ -123,6 +123,9 @@ def check_parameters(layers: list, input_shape: tuple[int, ...]) -> None:
             return
         if isinstance(layer, nn.Dense) and shape:
             total += (shape[-1] + 1) * layer.units
+        if isinstance(layer, nn.Recurrent) and len(shape) == 2:
+            size = ops.GATES[layer.op] * layer.units
+            total += (shape[-1] + layer.units + 2) * size
         if isinstance(layer, nn.Conv):
             total += (math.prod(layer.kernel_size) * shape[-1] // layer.groups + 1) * \
                 layer.filters

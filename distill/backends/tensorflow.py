@@ -104,6 +104,24 @@ def _layers(keras, config: Config, prep) -> list:
             if act and act["name"] in SEPARATE:
                 layers.append(_with_alpha(keras, act["name"], act.get("alpha"),
                                           f"{name}_{act['name']}"))
+        elif kind in RECURRENT:
+            extra = {"recurrent_activation": spec.get("recurrent_activation", "sigmoid")} \
+                if kind != "simple_rnn" else {}
+            if kind == "gru":
+                extra["reset_after"] = spec.get("reset_after", True)
+            if kind == "lstm":
+                extra["unit_forget_bias"] = spec.get("unit_forget_bias", True)
+            layers.append(getattr(keras.layers, RECURRENT[kind])(
+                spec["units"], activation=spec.get("activation", "tanh"),
+                use_bias=spec.get("use_bias", True),
+                return_sequences=spec.get("return_sequences", False),
+                go_backwards=spec.get("go_backwards", False),
+                kernel_initializer=_initializer(keras, spec.get("kernel_initializer",
+                                                                "glorot_uniform"), seed),
+                recurrent_initializer=_initializer(keras, spec.get("recurrent_initializer",
+                                                                   "orthogonal"), seed + 250),
+                bias_initializer=_initializer(keras, spec.get("bias_initializer", "zeros"),
+                                              seed + 500), name=name, **extra))
         elif kind in POOLINGS:
             strides = spec.get("strides")
             layers.append(getattr(keras.layers, POOLINGS[kind])(
@@ -127,6 +145,7 @@ def _layers(keras, config: Config, prep) -> list:
 
 CONVS = {"conv1d": "Conv1D", "conv2d": "Conv2D", "conv1d_transpose": "Conv1DTranspose",
          "conv2d_transpose": "Conv2DTranspose"}
+RECURRENT = {"simple_rnn": "SimpleRNN", "gru": "GRU", "lstm": "LSTM"}
 POOLINGS = {"max_pooling1d": "MaxPooling1D", "max_pooling2d": "MaxPooling2D",
             "average_pooling1d": "AveragePooling1D", "average_pooling2d": "AveragePooling2D"}
 GLOBAL_POOLINGS = {"global_average_pooling1d": "GlobalAveragePooling1D",
