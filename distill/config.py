@@ -18,6 +18,7 @@ expected type), so a bad config fails in one line before any data is loaded or s
                                          # max_pooling1d/2d | average_pooling1d/2d
                                          #   (pool_size, strides, padding)
                                          # global_average_pooling1d/2d, global_max_pooling1d/2d
+                                         # embedding (input_dim, output_dim): ids -> rows
                                          # simple_rnn | gru | lstm (units, activation,
                                          #   recurrent_activation, return_sequences,
                                          #   go_backwards, reset_after, unit_forget_bias)
@@ -74,6 +75,7 @@ LAYER_KEYS = {
 RECURRENT_KEYS = {"units", "activation", "recurrent_activation", "use_bias", "return_sequences",
                   "go_backwards", "kernel_initializer", "recurrent_initializer",
                   "bias_initializer"}
+LAYER_KEYS["embedding"] = {"input_dim", "output_dim", "embeddings_initializer"}
 LAYER_KEYS.update(simple_rnn=RECURRENT_KEYS - {"recurrent_activation"},
                   gru=RECURRENT_KEYS | {"reset_after"}, lstm=RECURRENT_KEYS | {"unit_forget_bias"})
 WINDOW_SIZES = ("kernel_size", "strides", "dilation_rate", "pool_size")
@@ -134,6 +136,8 @@ class Config:
                 layers.append(nn.Flatten(name=name))
             elif kind in nn.WINDOWED:
                 layers.append(nn.WINDOWED[kind](name=name, **spec))
+            elif kind == "embedding":
+                layers.append(nn.Embedding(name=name, **spec))
             elif kind in nn.RECURRENT:
                 layers.append(nn.RECURRENT[kind](name=name, **spec))
             else:
@@ -274,6 +278,17 @@ def _layer(spec: Any, i: int) -> dict[str, Any]:
         _windowed(spec, kind, where)
     if kind in nn.RECURRENT:
         _recurrent(spec, kind, where)
+    if kind == "embedding":
+        for key in ("input_dim", "output_dim"):
+            value = spec.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or not \
+                    0 < value <= MAX_UNITS:
+                raise ConfigError(f"{where} (embedding) needs {key}, a positive integer of at "
+                                  f"most {MAX_UNITS:,}; got {value!r}")
+        init = _typed(spec, "embeddings_initializer", str, "random_uniform", where)
+        if init not in nn.INITIALIZERS:
+            raise ConfigError(f"{where} unknown embeddings_initializer {init!r}; expected one "
+                              f"of {', '.join(nn.INITIALIZERS)}")
     if kind == "dense":
         units = spec.get("units")
         if not isinstance(units, int) or isinstance(units, bool) or units < 1:

@@ -626,6 +626,43 @@ class GlobalMaxPooling2D(GlobalPooling):
     kind, rank, op = "global_max_pooling2d", 2, "global_max_pool"
 
 
+class Embedding(Layer):
+    """Keras's Embedding: each input value an id, replaced by that row of a trained table of
+    `input_dim` rows of `output_dim` (ids outside it give zeros); Keras's uniform
+    [-0.05, 0.05) start."""
+
+    kind = "embedding"
+
+    def __init__(self, input_dim: int, output_dim: int,
+                 embeddings_initializer: Any = "random_uniform", name: str | None = None,
+                 input_shape: Sequence[int] | None = None):
+        super().__init__(name)
+        for key, value in (("input_dim", input_dim), ("output_dim", output_dim)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        self.input_dim, self.output_dim = input_dim, output_dim
+        self.initializer = get_initializer(embeddings_initializer)
+        self.declared_input_shape = tuple(input_shape) if input_shape else None
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape, self.output_dim)
+
+    def build(self, input_shape, rng):
+        super().build(input_shape, rng)
+        self.embeddings = Variable(self.initializer((self.input_dim, self.output_dim), rng),
+                                   name=f"{self.name}/embeddings")
+        self.variables = [self.embeddings]
+
+    def call(self, x, training, rng):
+        return ops.embedding(x, {}, {"embeddings": self.embeddings})
+
+    def ir_nodes(self):
+        return [(self.name, "embedding", {}, {"embeddings": self.embeddings.data})]
+
+    def describe(self):
+        return f"Embedding({self.input_dim}, {self.output_dim})"
+
+
 class Recurrent(Layer):
     """Keras's SimpleRNN, GRU and LSTM over inputs (steps, features): the registry's
     simple_rnn/gru/lstm ops, so the NumPy core trains them through time. Keras's defaults:

@@ -676,6 +676,36 @@ def upsample(x, attrs, w):
     return x
 
 
+# ---------------------------------------------------------------------------------- embedding
+
+def _embedding_shape(s: Shape, attrs, w) -> Shape:
+    table = w["embeddings"].shape
+    if len(table) != 2 or table[0] < 1 or table[0] > 1 << 24:
+        raise ValueError(f"embeddings of shape {table} are not (vocabulary of at most 2**24, "
+                         "dimensions)")
+    return (*s, table[1])
+
+
+def embedding_ids(x: np.ndarray, vocabulary: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, valid) for each input value: a value v reads row trunc(v), as Keras casts ids to
+    integers, where that row exists (-1 < v < vocabulary); any other value, NaN included,
+    gives a row of zeros."""
+    valid = (x > -1) & (x < vocabulary)
+    return np.where(valid, x, 0).astype(np.int64), valid
+
+
+@op("embedding", shape=_embedding_shape, weights=("embeddings",),
+    macs=lambda i, o, w: 0)
+def embedding(x, attrs, w):
+    """y[..., :] = embeddings[trunc(x[...])]: Keras's Embedding, each input value an id;
+    ids outside the table give zeros (embedding_ids)."""
+    table = w["embeddings"]
+    data = x.data if isinstance(x, ad.Tensor) else np.asarray(x)
+    rows, valid = embedding_ids(data.reshape(-1), table.shape[0])
+    y = ad.where(valid.reshape(-1, 1), ad.take(table, rows, axis=0), 0)
+    return ad.reshape(y, (*data.shape, table.shape[1]))
+
+
 # ---------------------------------------------------------------------------------- recurrent
 # Keras's SimpleRNN, GRU and LSTM over inputs (steps, features), with Keras's weight layouts:
 # kernel (features, gates * units), recurrent_kernel (units, gates * units), gates in Keras's

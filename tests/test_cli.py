@@ -122,6 +122,9 @@ def test_train_inspect_predict(tmp_path):
      "output_padding must be an integer of at least 0"),
     (BASE.replace('type = "dense"\nunits = 3', 'type = "conv1d_transpose"\nfilters = 2\n'
                   'kernel_size = 2\npadding = "causal"'), "padding must be one of valid, same"),
+    (BASE.replace('type = "dense"\nunits = 3\nactivation = "tanh"',
+                  'type = "embedding"\ninput_dim = 0'),
+     "needs input_dim, a positive integer"),
     (BASE.replace('type = "dense"\nunits = 3', 'type = "lstm"\nunits = 3'),
      "LSTM takes inputs of (steps, features), got shape (2,)"),
     (BASE.replace('type = "dense"\nunits = 3\nactivation = "tanh"',

@@ -108,6 +108,8 @@ OP_CASES["conv_transpose"] = [
     ("1d_plain", (4, 2), lambda r: [("t", "conv_transpose", {"strides": [1], "pads": [0, 0]},
                                      {"kernel": randn(r, 3, 2, 2)})]),
 ]
+OP_CASES["embedding"] = [("ids", (4,), lambda r: [("e", "embedding", {},
+                                                   {"embeddings": randn(r, 3, 2)})])]
 OP_CASES["simple_rnn"] = [("sequences", (4, 3), lambda r: [("s", "simple_rnn", {
     "return_sequences": True, "go_backwards": True, "activation": "relu"},
     {"kernel": randn(r, 3, 2), "recurrent_kernel": randn(r, 2, 2), "bias": randn(r, 2)})])]

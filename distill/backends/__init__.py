@@ -123,6 +123,8 @@ def check_parameters(layers: list, input_shape: tuple[int, ...]) -> None:
             return
         if isinstance(layer, nn.Dense) and shape:
             total += (shape[-1] + 1) * layer.units
+        if isinstance(layer, nn.Embedding):
+            total += layer.input_dim * layer.output_dim
         if isinstance(layer, nn.Recurrent) and len(shape) == 2:
             size = ops.GATES[layer.op] * layer.units
             total += (shape[-1] + layer.units + 2) * size

@@ -324,6 +324,18 @@ def _conv_transpose(layer, shapes) -> list[Spec]:
         _activation(config.get("activation"), layer.name)
 
 
+@converter("Embedding")
+def _embedding(layer, shapes) -> list[Spec]:
+    config = layer.get_config()
+    problems = [f"{key}=True" for key in ("mask_zero", "sparse") if config.get(key)]
+    if getattr(layer, "lora_enabled", False):
+        problems.append("LoRA enabled (merge the LoRA weights first)")
+    if problems:
+        raise Unsupported(", ".join(problems))
+    return [(layer.name, "embedding", {}, {"embeddings": np.asarray(layer.embeddings,
+                                                                    np.float32)})]
+
+
 def _step_activation(name: Any) -> str | None:
     if isinstance(name, dict):
         name = name.get("config", {}).get("name") or name.get("class_name")
@@ -732,10 +744,15 @@ class _Call:
 
 
 def compare_with_keras(model, result: ir.Model, samples: int = 64, seed: int = 0) -> float:
-    """Max abs difference between Keras and `ir.run` on random inputs; raises on mismatch."""
+    """Max abs difference between Keras and `ir.run` on random inputs (ids of the table for
+    an input that an embedding reads); raises on mismatch."""
     rng = np.random.default_rng(seed)
-    xs = [rng.normal(size=(samples, *shape)).astype(np.float32)
-          for shape in result.input_shapes]
+    xs = []
+    for name, shape in result.inputs:
+        vocab = [n.weights["embeddings"].shape[0] for n in result.nodes
+                 if n.op == "embedding" and name in n.inputs]
+        xs.append(rng.integers(0, min(vocab), (samples, *shape)).astype(np.float32) if vocab
+                  else rng.normal(size=(samples, *shape)).astype(np.float32))
     want = model.predict(xs if len(xs) > 1 else xs[0], verbose=0)
     want = [np.asarray(w, np.float32) for w in (want if isinstance(want, (list, tuple))
                                                  else [want])]

@@ -104,6 +104,11 @@ def _layers(keras, config: Config, prep) -> list:
             if act and act["name"] in SEPARATE:
                 layers.append(_with_alpha(keras, act["name"], act.get("alpha"),
                                           f"{name}_{act['name']}"))
+        elif kind == "embedding":
+            layers.append(keras.layers.Embedding(
+                spec["input_dim"], spec["output_dim"], name=name,
+                embeddings_initializer=_initializer(keras, spec.get("embeddings_initializer",
+                                                                    "random_uniform"), seed)))
         elif kind in RECURRENT:
             extra = {"recurrent_activation": spec.get("recurrent_activation", "sigmoid")} \
                 if kind != "simple_rnn" else {}

@@ -291,6 +291,22 @@ def _conv_transpose(g: _Graph, node: ir.Node, x: str, y: str) -> None:
                     kernel_shape=list(kernel.shape[:-2]))
 
 
+@lowering("embedding")
+def _embedding(g: _Graph, node: ir.Node, x: str, y: str) -> None:
+    """Gather of trunc(x) where -1 < x < vocabulary, zeros elsewhere (ops.embedding_ids)."""
+    vocab = node.weights["embeddings"].shape[0]
+    scalar = lambda tag, v: g.constant(f"{node.name}_{tag}", np.array([v], np.float32))  # noqa
+    above = g.step(node, "above", "Greater", [x, scalar("low", -1.0)])
+    below = g.step(node, "below", "Less", [x, scalar("high", float(vocab))])
+    valid = g.step(node, "valid", "And", [above, below])
+    safe = g.step(node, "safe", "Where", [valid, x, scalar("zero", 0.0)])
+    ids = g.step(node, "ids", "Cast", [safe], to=TensorProto.INT64)  # truncates toward zero
+    rows = g.step(node, "rows", "Gather", [g.weight(node, "embeddings"), ids], axis=0)
+    mask = g.step(node, "mask", "Unsqueeze", [valid, g.constant(
+        f"{node.name}_last_axis", np.array([-1], np.int64))])
+    g.add("Where", [mask, rows, scalar("zeros", 0.0)], y, node.name)
+
+
 ONNX_ACTIVATIONS = {"tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "Relu",
                     "hard_sigmoid": "HardSigmoid"}
 # Keras's gate order, as indices into ONNX's: LSTM i, f, c, o -> i, o, f, c; GRU z, r, h as is
