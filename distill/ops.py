@@ -676,6 +676,13 @@ def upsample(x, attrs, w):
     return x
 
 
+@op("reverse")
+def reverse(x, attrs, w):
+    """The first axis after the batch read last to first (a backward recurrent layer's
+    steps put back in time order)."""
+    return x[:, ::-1]
+
+
 # ---------------------------------------------------------------------------------- embedding
 
 def _embedding_shape(s: Shape, attrs, w) -> Shape:

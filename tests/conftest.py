@@ -190,7 +190,8 @@ def convolutions(rng):
 
 def recurrent(rng):
     """SimpleRNN, LSTM and GRU (reset_after both ways), every step's output or the last, read
-    forwards and backwards, every step activation, with and without a bias; three outputs. And
+    forwards and backwards, every step activation, with and without a bias, steps reversed;
+    four outputs. And
     an embedding of ids (random inputs: many outside the table) into an LSTM."""
     from distill import ir
 
@@ -209,7 +210,8 @@ def recurrent(rng):
          {"kernel": r(2, 9), "recurrent_kernel": r(3, 9)}),
         ("last", "lstm", {"return_sequences": False, "activation": "relu"},
          {"kernel": r(3, 8), "recurrent_kernel": r(2, 8)}, "input"),
-    ], outputs=["gru_v1", "last", "gru"]), ir.make_model("tokens", (5,), [
+        ("in_time_order", "reverse", {}, {}, "lstm"),
+    ], outputs=["gru_v1", "last", "gru", "in_time_order"]), ir.make_model("tokens", (5,), [
         ("embed", "embedding", {}, {"embeddings": r(3, 4)}),
         ("lstm", "lstm", {"return_sequences": False},
          {"kernel": r(4, 8), "recurrent_kernel": r(2, 8), "bias": r(8)}),

@@ -108,6 +108,7 @@ OP_CASES["conv_transpose"] = [
     ("1d_plain", (4, 2), lambda r: [("t", "conv_transpose", {"strides": [1], "pads": [0, 0]},
                                      {"kernel": randn(r, 3, 2, 2)})]),
 ]
+OP_CASES["reverse"] = [("steps", (3, 2), lambda r: [("r", "reverse", {}, {})])]
 OP_CASES["embedding"] = [("ids", (4,), lambda r: [("e", "embedding", {},
                                                    {"embeddings": randn(r, 3, 2)})])]
 OP_CASES["simple_rnn"] = [("sequences", (4, 3), lambda r: [("s", "simple_rnn", {

@@ -355,6 +355,26 @@ def test_embedding_into_recurrent_layers(tmp_path, suffix):
     assert not rows[3:7].any()
 
 
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_bidirectional_and_time_distributed(tmp_path, suffix):
+    """Bidirectional LSTM/GRU/SimpleRNN with every merge mode (the backward steps put back in
+    time order), and a TimeDistributed Dense between them."""
+    bias = {"bias_initializer": "random_normal"}
+    inp = keras.Input((6, 3))
+    h = keras.layers.Bidirectional(keras.layers.LSTM(4, return_sequences=True, **bias))(inp)
+    h = keras.layers.TimeDistributed(keras.layers.Dense(3, activation="relu"))(h)
+    outs = [keras.layers.Bidirectional(keras.layers.GRU(2, **bias), merge_mode="sum")(h),
+            keras.layers.Bidirectional(keras.layers.SimpleRNN(2, return_sequences=True, **bias),
+                                       merge_mode="ave")(h),
+            keras.layers.Bidirectional(keras.layers.GRU(2, reset_after=False),
+                                       merge_mode="mul")(h)]
+    imported = three_way(keras.Model(inp, outs, name="bidirectional"), tmp_path, suffix)
+    ops_ = [n.op for n in imported.nodes]
+    assert ops_.count("reverse") == 2 and {"concatenate", "add", "average", "multiply"} <= set(
+        ops_)
+    assert imported.nodes[4].name.startswith("time_distributed")
+
+
 def test_unsupported_recurrent_options_are_listed_at_once():
     inp = keras.Input((4, 2))
     model = keras.Model(inp, keras.layers.LSTM(3, activation="softsign",

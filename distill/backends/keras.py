@@ -49,7 +49,9 @@ KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 # TensorFlow's matmul kernels sum in other orders and may use FMA).
 ABS_TOL, REL_TOL = 1e-4, 1e-3
 
-Spec = tuple[str, str, dict, dict]  # (name, op, attrs, weights) as ir.make_model takes them
+# (name, op, attrs, weights) as ir.make_model takes them, each reading the one before; or with
+# a fifth item, the names of the earlier specs it reads ("" for the layer's input)
+Spec = tuple
 
 ACTIVATIONS = {"linear": None, "relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh",
                "softmax": "softmax", "leaky_relu": "leaky_relu", "elu": "elu", "selu": "selu",
@@ -336,6 +338,48 @@ def _embedding(layer, shapes) -> list[Spec]:
                                                                     np.float32)})]
 
 
+BIDIRECTIONAL_MERGES = {"concat": "concatenate", "sum": "add", "mul": "multiply",
+                        "ave": "average"}
+
+
+@converter("Bidirectional")
+def _bidirectional(layer, shapes) -> list[Spec]:
+    """The forward and the backward layer on the same input; with return_sequences the
+    backward one's steps are put back in time order (reverse); then the merge."""
+    mode = layer.get_config().get("merge_mode", "concat")
+    if mode not in BIDIRECTIONAL_MERGES:
+        raise Unsupported(f"merge_mode={mode!r} (supported: {', '.join(BIDIRECTIONAL_MERGES)})")
+    inner = type(layer.forward_layer).__name__
+    if inner not in ("SimpleRNN", "GRU", "LSTM"):
+        raise Unsupported(f"a Bidirectional {inner}")
+    forward, backward = (_recurrent(part, shapes)[0] for part in (layer.forward_layer,
+                                                                  layer.backward_layer))
+    name = layer.name
+    specs = [(f"{name}_forward", *forward[1:], [""]), (f"{name}_backward", *backward[1:], [""])]
+    last = f"{name}_backward"
+    if forward[2]["return_sequences"]:
+        specs.append((f"{name}_backward_in_time_order", "reverse", {}, {}, [last]))
+        last = f"{name}_backward_in_time_order"
+    op = BIDIRECTIONAL_MERGES[mode]
+    attrs = {"axis": len(shapes[0]) - 1 if forward[2]["return_sequences"] else 0} \
+        if op == "concatenate" else {}
+    specs.append((name, op, attrs, {}, [f"{name}_forward", last]))
+    return specs
+
+
+@converter("TimeDistributed")
+def _time_distributed(layer, shapes) -> list[Spec]:
+    """A Dense (or an activation) applied at every step is that layer on the last axis."""
+    inner = layer.layer
+    kind = type(inner).__name__
+    if kind not in ("Dense", "Activation", "ReLU", "LeakyReLU", "ELU", "Softmax", "Dropout"):
+        raise Unsupported(f"a TimeDistributed {kind} (Dense and activations are)")
+    if kind == "Dropout":
+        return []
+    return [(layer.name + raw[len(inner.name):] if raw.startswith(inner.name) else raw, *rest)
+            for raw, *rest in CONVERTERS[kind](inner, shapes)]
+
+
 def _step_activation(name: Any) -> str | None:
     if isinstance(name, dict):
         name = name.get("config", {}).get("name") or name.get("class_name")
@@ -596,13 +640,13 @@ class _Graph:
         layer made for it, so that a shared layer's nodes share their arrays."""
         first = self.weights.setdefault(id(layer), {})
         out = []
-        for k, (raw, op_name, attrs, weights) in enumerate(specs):
+        for k, (raw, op_name, attrs, weights, *wiring) in enumerate(specs):
             same = {}
             for name, arr in weights.items():
                 earlier = first.setdefault((k, name), arr)
                 same[name] = earlier if np.array_equal(earlier, arr) and \
                     earlier.shape == np.shape(arr) else arr
-            out.append((raw, op_name, attrs, same))
+            out.append((raw, op_name, attrs, same, *wiring))
         return out
 
     def call(self, layer, call, inputs: list[str], prefix: str) -> list[str]:
@@ -639,8 +683,12 @@ class _Graph:
             self.problems.append(f"layer {layer.name!r} ({kind}) takes {len(inputs)} inputs")
             return inputs[:1]
         wiring: Any = inputs
-        for raw, op_name, attrs, weights in specs:
+        made: dict[str, str] = {}
+        for raw, op_name, attrs, weights, *reads in specs:
+            if reads:
+                wiring = [inputs[0] if src == "" else made[src] for src in reads[0]]
             name = self.unique(prefix + raw)
+            made[raw] = name
             self.specs.append((name, op_name, attrs, weights, wiring))
             wiring = [name]
         return wiring

@@ -423,6 +423,8 @@ def context(model: ir.Model, target: Target, name: str | None = None,
                 step["inner"] = prod(node.output_shape[axis + 1:])
             if node.op in WINDOWED:
                 step.update(_window_figures(node))
+            if node.op == "reverse":  # `steps` rows of `row` values, last to first
+                step.update(steps=node.input_shape[0], row=prod(node.input_shape[1:]))
             if node.op == "embedding":  # ids, each a row of D of a table of V
                 step.update(ids=prod(node.input_shape), V=node.weights["embeddings"].shape[0],
                             D=node.weights["embeddings"].shape[1])

@@ -307,6 +307,14 @@ def _embedding(g: _Graph, node: ir.Node, x: str, y: str) -> None:
     g.add("Where", [mask, rows, scalar("zeros", 0.0)], y, node.name)
 
 
+@lowering("reverse")
+def _reverse(g: _Graph, node: ir.Node, x: str, y: str) -> None:
+    steps = node.input_shape[0]
+    i64 = lambda tag, v: g.constant(f"{node.name}_{tag}", np.array(v, np.int64))  # noqa: E731
+    g.add("Slice", [x, i64("start", [-1]), i64("end", [-steps - 1]), i64("axis", [1]),
+                    i64("step", [-1])], y, node.name)
+
+
 ONNX_ACTIVATIONS = {"tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "Relu",
                     "hard_sigmoid": "HardSigmoid"}
 # Keras's gate order, as indices into ONNX's: LSTM i, f, c, o -> i, o, f, c; GRU z, r, h as is
