@@ -280,15 +280,8 @@ def _layer(spec: Any, i: int) -> dict[str, Any]:
         _recurrent(spec, kind, where)
     if kind == "embedding":
         for key in ("input_dim", "output_dim"):
-            value = spec.get(key)
-            if not isinstance(value, int) or isinstance(value, bool) or not \
-                    0 < value <= MAX_UNITS:
-                raise ConfigError(f"{where} (embedding) needs {key}, a positive integer of at "
-                                  f"most {MAX_UNITS:,}; got {value!r}")
-        init = _typed(spec, "embeddings_initializer", str, "random_uniform", where)
-        if init not in nn.INITIALIZERS:
-            raise ConfigError(f"{where} unknown embeddings_initializer {init!r}; expected one "
-                              f"of {', '.join(nn.INITIALIZERS)}")
+            _size(spec, key, f"{where} (embedding)")
+        _initializer(spec, "embeddings_initializer", where)
     if kind == "dense":
         units = spec.get("units")
         if not isinstance(units, int) or isinstance(units, bool) or units < 1:
@@ -321,19 +314,28 @@ def _weighted(spec: dict[str, Any], where: str) -> None:
     """A dense or conv layer's use_bias and initializers."""
     _typed(spec, "use_bias", bool, True, where)
     for key in ("kernel_initializer", "bias_initializer"):
-        init = _typed(spec, key, str, "zeros", where)
-        if init not in nn.INITIALIZERS:
-            raise ConfigError(f"{where} unknown {key} {init!r}; expected one of "
-                              f"{', '.join(nn.INITIALIZERS)}")
+        _initializer(spec, key, where)
+
+
+def _initializer(spec: dict[str, Any], key: str, where: str) -> None:
+    init = _typed(spec, key, str, "zeros", where)
+    if init not in nn.INITIALIZERS:
+        raise ConfigError(f"{where} unknown {key} {init!r}; expected one of "
+                          f"{', '.join(nn.INITIALIZERS)}")
+
+
+def _size(spec: dict[str, Any], key: str, where: str) -> None:
+    """A required count (filters, units, a table's rows): 1 to MAX_UNITS."""
+    value = spec.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_UNITS:
+        raise ConfigError(f"{where} needs {key}, a positive integer of at most "
+                          f"{MAX_UNITS:,}; got {value!r}")
 
 
 def _recurrent(spec: dict[str, Any], kind: str, where: str) -> None:
     """A recurrent layer's keys: units, step activations by name, flags, initializers."""
     where = f"{where} ({kind})"
-    units = spec.get("units")
-    if not isinstance(units, int) or isinstance(units, bool) or not 0 < units <= MAX_UNITS:
-        raise ConfigError(f"{where} needs units, a positive integer of at most {MAX_UNITS:,}; "
-                          f"got {units!r}")
+    _size(spec, "units", where)
     for key in ("activation", "recurrent_activation"):
         name = _typed(spec, key, str, "tanh", where)
         if name not in ops.STEP_ACTIVATIONS:
@@ -342,21 +344,14 @@ def _recurrent(spec: dict[str, Any], kind: str, where: str) -> None:
     for key in ("return_sequences", "go_backwards", "reset_after", "unit_forget_bias"):
         _typed(spec, key, bool, False, where)
     _weighted(spec, where)
-    init = _typed(spec, "recurrent_initializer", str, "orthogonal", where)
-    if init not in nn.INITIALIZERS:
-        raise ConfigError(f"{where} unknown recurrent_initializer {init!r}; expected one of "
-                          f"{', '.join(nn.INITIALIZERS)}")
+    _initializer(spec, "recurrent_initializer", where)
 
 
 def _windowed(spec: dict[str, Any], kind: str, where: str) -> None:
     """A conv or pooling layer's keys: sizes as a positive integer or one per spatial axis."""
     where = f"{where} ({kind})"
     if kind.startswith("conv"):
-        filters = spec.get("filters")
-        if not isinstance(filters, int) or isinstance(filters, bool) or not \
-                0 < filters <= MAX_UNITS:
-            raise ConfigError(f"{where} needs filters, a positive integer of at most "
-                              f"{MAX_UNITS:,}; got {filters!r}")
+        _size(spec, "filters", where)
         if "kernel_size" not in spec:
             raise ConfigError(f"{where} needs kernel_size (an integer, or one per axis)")
         _weighted(spec, where)

@@ -260,6 +260,14 @@ def _activation(spec: Any) -> Activation | None:
     raise TypeError(f"an activation must be a name, a dict or an Activation, got {spec!r}")
 
 
+def _with_activation(node: tuple, activation: Activation | None) -> list[tuple]:
+    """A layer's IR node, then its fused activation's node (named `<layer>_<activation>`)."""
+    if activation is None:
+        return [node]
+    return [node, (f"{node[0]}_{activation.activation}", activation.activation,
+                   dict(activation.attrs), {})]
+
+
 class Dense(Layer):
     """y = activation(x @ kernel + bias), kernel `(in, units)`."""
 
@@ -301,11 +309,9 @@ class Dense(Layer):
         return self.activation.call(y, training, rng) if self.activation else y
 
     def ir_nodes(self):
-        nodes = [(self.name, "dense", {}, {k: v.data for k, v in self._weights().items()})]
-        if self.activation is not None:
-            act = self.activation
-            nodes.append((f"{self.name}_{act.activation}", act.activation, dict(act.attrs), {}))
-        return nodes
+        return _with_activation((self.name, "dense", {},
+                                 {k: v.data for k, v in self._weights().items()}),
+                                self.activation)
 
     def describe(self):
         act = f", {self.activation.describe()[11:-1]}" if self.activation else ""
@@ -380,6 +386,13 @@ def _spatial(value: Any, rank: int, what: str, low: int = 1) -> list[int]:
 PADDINGS = ("valid", "same", "causal")
 
 
+def _check_rank(layer: Layer, input_shape) -> None:
+    """A windowed layer's input: its spatial axes, then channels."""
+    if len(input_shape) != layer.rank + 1:
+        raise ValueError(f"{type(layer).__name__} takes inputs of {layer.rank} spatial axes "
+                         f"and channels, got shape {tuple(input_shape)}")
+
+
 def _padding(padding: str, rank: int) -> str:
     if padding not in PADDINGS[:2 + (rank == 1)]:
         raise ValueError(f"padding must be one of {', '.join(PADDINGS[:2 + (rank == 1)])}, "
@@ -391,7 +404,7 @@ class Conv(Layer):
     """Keras's Conv1D/Conv2D, channels last: kernel `(*kernel_size, channels / groups,
     filters)`, "valid", "same" (or, in 1-D, "causal") padding, strides, dilation, groups."""
 
-    rank = 0
+    rank, op = 0, "conv"
 
     def __init__(self, filters: int, kernel_size: Any, strides: Any = 1, padding: str = "valid",
                  dilation_rate: Any = 1, groups: int = 1, activation: Any = None,
@@ -424,9 +437,7 @@ class Conv(Layer):
         return attrs
 
     def _kernel_shape(self, input_shape) -> tuple[int, ...]:
-        if len(input_shape) != self.rank + 1:
-            raise ValueError(f"{type(self).__name__} takes inputs of {self.rank} spatial axes "
-                             f"and channels, got shape {tuple(input_shape)}")
+        _check_rank(self, input_shape)
         if input_shape[-1] % self.groups:
             raise ValueError(f"{input_shape[-1]} input channels do not split into "
                              f"{self.groups} groups")
@@ -435,8 +446,8 @@ class Conv(Layer):
     def compute_output_shape(self, input_shape):
         # A stand-in of the kernel's shape that holds no memory.
         kernel = np.broadcast_to(np.float32(0), self._kernel_shape(input_shape))
-        return ops.OPS["conv"].out_shape(tuple(input_shape), self._attrs(input_shape),
-                                         {"kernel": kernel})
+        return ops.OPS[self.op].out_shape(tuple(input_shape), self._attrs(input_shape),
+                                          {"kernel": kernel})
 
     def build(self, input_shape, rng):
         super().build(input_shape, rng)
@@ -454,16 +465,13 @@ class Conv(Layer):
             "kernel": self.kernel}
 
     def call(self, x, training, rng):
-        y = ops.conv(x, self.attrs, self._weights())
+        y = ops.OPS[self.op].forward(x, self.attrs, self._weights())
         return self.activation.call(y, training, rng) if self.activation else y
 
     def ir_nodes(self):
-        nodes = [(self.name, "conv", dict(self.attrs),
-                  {k: v.data for k, v in self._weights().items()})]
-        if self.activation is not None:
-            act = self.activation
-            nodes.append((f"{self.name}_{act.activation}", act.activation, dict(act.attrs), {}))
-        return nodes
+        return _with_activation((self.name, self.op, dict(self.attrs),
+                                 {k: v.data for k, v in self._weights().items()}),
+                                self.activation)
 
     def describe(self):
         act = f", {self.activation.describe()[11:-1]}" if self.activation else ""
@@ -484,6 +492,8 @@ class ConvTranspose(Conv):
     "same" padding, strides, dilation, optional `output_padding`. The kernel is kept as the
     IR holds it, `(*kernel_size, channels, filters)`; Keras's is `(*kernel_size, filters,
     channels)`."""
+
+    op = "conv_transpose"
 
     def __init__(self, filters: int, kernel_size: Any, strides: Any = 1, padding: str = "valid",
                  output_padding: Any = None, dilation_rate: Any = 1, activation: Any = None,
@@ -508,24 +518,8 @@ class ConvTranspose(Conv):
         return attrs
 
     def _kernel_shape(self, input_shape) -> tuple[int, ...]:
-        if len(input_shape) != self.rank + 1:
-            raise ValueError(f"{type(self).__name__} takes inputs of {self.rank} spatial axes "
-                             f"and channels, got shape {tuple(input_shape)}")
+        _check_rank(self, input_shape)
         return (*self.kernel_size, input_shape[-1], self.filters)
-
-    def compute_output_shape(self, input_shape):
-        kernel = np.broadcast_to(np.float32(0), self._kernel_shape(input_shape))
-        return ops.OPS["conv_transpose"].out_shape(tuple(input_shape),
-                                                   self._attrs(input_shape), {"kernel": kernel})
-
-    def call(self, x, training, rng):
-        y = ops.conv_transpose(x, self.attrs, self._weights())
-        return self.activation.call(y, training, rng) if self.activation else y
-
-    def ir_nodes(self):
-        nodes = super().ir_nodes()
-        nodes[0] = (nodes[0][0], "conv_transpose", *nodes[0][2:])
-        return nodes
 
 
 class Conv1DTranspose(ConvTranspose):
@@ -552,9 +546,7 @@ class Pooling(Layer):
         self.padding = padding
 
     def _attrs(self, input_shape) -> dict[str, Any]:
-        if len(input_shape) != self.rank + 1:
-            raise ValueError(f"{type(self).__name__} takes inputs of {self.rank} spatial axes "
-                             f"and channels, got shape {tuple(input_shape)}")
+        _check_rank(self, input_shape)
         return {"pool": list(self.pool), "strides": list(self.strides),
                 "pads": ops.same_pads(self.padding, input_shape[:-1], self.pool, self.strides,
                                       [1] * self.rank)}
@@ -598,9 +590,7 @@ class GlobalPooling(Layer):
     rank, op = 0, ""
 
     def compute_output_shape(self, input_shape):
-        if len(input_shape) != self.rank + 1:
-            raise ValueError(f"{type(self).__name__} takes inputs of {self.rank} spatial axes "
-                             f"and channels, got shape {tuple(input_shape)}")
+        _check_rank(self, input_shape)
         return (input_shape[-1],)
 
     def call(self, x, training, rng):

@@ -532,13 +532,37 @@ def test_configs_train_the_new_activations_on_both_backends(tmp_path):
             assert r.ok, r.line()
 
 
+def signals_on_both_backends(tmp_path, layers: list[tuple[str, str]], n: int,
+                             length: int) -> list:
+    """Train config `layers` ((type, TOML keys) pairs) on generated signals with both
+    backends; assert the two IRs are the same node for node (names, ops, options, weight
+    shapes) and that each exports and verifies everywhere; return the two models."""
+    from distill.backends import train
+    from distill.config import load_config
+    text = "".join(f'[[model.layers]]\ntype = "{kind}"\n{keys}\n\n' for kind, keys in layers)
+    path = tmp_path / "layers.toml"
+    path.write_text(f'name = "layers"\nseed = 0\n\n[data]\nsource = "signals"\nn = {n}\n'
+                    f'length = {length}\ntest = 0.25\n\n{text}[training]\n'
+                    'loss = "sparse_categorical_crossentropy"\n'
+                    'optimizer = {name = "adam", learning_rate = 0.01}\n'
+                    'batch_size = 16\nepochs = 2\n')
+    config = load_config(path)
+    models = [train(config, backend, verbose=0).model for backend in ("numpy", "tensorflow")]
+    numpy_nodes, keras_nodes = ([(n.name, n.op, n.attrs, {k: w.shape for k, w in
+                                                          n.weights.items()})
+                                 for n in m.nodes] for m in models)
+    assert numpy_nodes == keras_nodes
+    for model in models:
+        for r in verify(model, LANGS, samples=16):
+            assert r.ok, r.line()
+    return models
+
+
 def test_configs_train_conv_and_pooling_layers_on_both_backends(tmp_path):
     """Every conv, transposed conv and pooling layer a config names, with strides, "same" and
     "causal" padding, output padding, dilation and groups, trains on both backends into the
     same IR nodes with the same options (Keras's padding rules are the NumPy core's), and
     exports everywhere."""
-    from distill.backends import train
-    from distill.config import load_config
     layers = [
         ('conv1d', 'filters = 4\nkernel_size = 3\npadding = "causal"\ndilation_rate = 2\n'
                    'activation = {name = "elu", alpha = 0.5}'),
@@ -558,27 +582,12 @@ def test_configs_train_conv_and_pooling_layers_on_both_backends(tmp_path):
         ('global_max_pooling1d', ''),
         ('dense', 'units = 4\nactivation = "softmax"'),
     ]
-    text = "".join(f'[[model.layers]]\ntype = "{kind}"\n{keys}\n\n' for kind, keys in layers)
-    path = tmp_path / "convs.toml"
-    path.write_text('name = "convs"\nseed = 0\n\n[data]\nsource = "signals"\nn = 40\n'
-                    f'length = 16\ntest = 0.25\n\n{text}[training]\n'
-                    'loss = "sparse_categorical_crossentropy"\n'
-                    'optimizer = {name = "adam", learning_rate = 0.01}\n'
-                    'batch_size = 16\nepochs = 2\n')
-    config = load_config(path)
-    models = [train(config, backend, verbose=0).model for backend in ("numpy", "tensorflow")]
-    numpy_nodes, keras_nodes = ([(n.name, n.op, n.attrs, {k: w.shape for k, w in
-                                                          n.weights.items()})
-                                 for n in m.nodes] for m in models)
-    assert numpy_nodes == keras_nodes
-    assert [n[1] for n in numpy_nodes].count("conv") == 3
+    models = signals_on_both_backends(tmp_path, layers, n=40, length=16)
+    assert [n.op for n in models[0].nodes].count("conv") == 3
     assert models[0].node("conv1d_transpose").attrs == {"strides": [2], "pads": [0, 0],
                                                         "output_padding": [1]}
     assert models[0].node("conv1d").attrs == {"strides": [1], "pads": [4, 0], "groups": 1,
                                               "dilation": [2]}
-    for model in models:
-        for r in verify(model, LANGS, samples=16):
-            assert r.ok, r.line()
 
 
 def test_a_dilated_transposed_conv_on_tensorflow_without_a_gpu_is_a_config_error():
@@ -600,8 +609,6 @@ def test_a_dilated_transposed_conv_on_tensorflow_without_a_gpu_is_a_config_error
 def test_configs_train_recurrent_layers_on_both_backends(tmp_path):
     """simple_rnn, gru (reset_after both ways) and lstm layers of a config train on both
     backends into the same IR nodes with the same options, and export everywhere."""
-    from distill.backends import train
-    from distill.config import load_config
     layers = [
         ('lstm', 'units = 4\nreturn_sequences = true\nrecurrent_activation = "hard_sigmoid"'),
         ('gru', 'units = 3\nreturn_sequences = true\ngo_backwards = true'),
@@ -609,24 +616,9 @@ def test_configs_train_recurrent_layers_on_both_backends(tmp_path):
         ('simple_rnn', 'units = 2\nactivation = "relu"'),
         ('dense', 'units = 4\nactivation = "softmax"'),
     ]
-    text = "".join(f'[[model.layers]]\ntype = "{kind}"\n{keys}\n\n' for kind, keys in layers)
-    path = tmp_path / "rnns.toml"
-    path.write_text('name = "rnns"\nseed = 0\n\n[data]\nsource = "signals"\nn = 20\n'
-                    f'length = 12\ntest = 0.25\n\n{text}[training]\n'
-                    'loss = "sparse_categorical_crossentropy"\n'
-                    'optimizer = {name = "adam", learning_rate = 0.01}\n'
-                    'batch_size = 16\nepochs = 2\n')
-    config = load_config(path)
-    models = [train(config, backend, verbose=0).model for backend in ("numpy", "tensorflow")]
-    numpy_nodes, keras_nodes = ([(n.name, n.op, n.attrs, {k: w.shape for k, w in
-                                                          n.weights.items()})
-                                 for n in m.nodes] for m in models)
-    assert numpy_nodes == keras_nodes
-    assert [n[1] for n in numpy_nodes] == ["lstm", "gru", "gru", "simple_rnn", "dense",
-                                           "softmax"]
-    for model in models:
-        for r in verify(model, LANGS, samples=16):
-            assert r.ok, r.line()
+    models = signals_on_both_backends(tmp_path, layers, n=20, length=12)
+    assert [n.op for n in models[0].nodes] == ["lstm", "gru", "gru", "simple_rnn", "dense",
+                                               "softmax"]
 
 
 def test_configs_train_an_embedding_on_both_backends(tmp_path):

@@ -81,12 +81,18 @@ class Unsupported(Exception):
     """One layer (or option) distill cannot represent; collected, then reported together."""
 
 
-def _activation(name: Any, layer_name: str) -> list[Spec]:
-    """The nodes for an activation given as Keras stores it (a name, or a serialized dict)."""
+def _activation_name(name: Any) -> Any:
+    """An activation's name as Keras stores it: a name, a serialized dict or a function."""
     if isinstance(name, dict):
         name = name.get("config", {}).get("name") or name.get("class_name")
     if callable(name):
         name = getattr(name, "__name__", str(name))
+    return name
+
+
+def _activation(name: Any, layer_name: str) -> list[Spec]:
+    """The nodes for an activation given as Keras stores it (a name, or a serialized dict)."""
+    name = _activation_name(name)
     if name not in ACTIVATIONS:
         raise Unsupported(f"activation {name!r} (supported: {', '.join(ACTIVATIONS)})")
     op = ACTIVATIONS[name]
@@ -381,10 +387,7 @@ def _time_distributed(layer, shapes) -> list[Spec]:
 
 
 def _step_activation(name: Any) -> str | None:
-    if isinstance(name, dict):
-        name = name.get("config", {}).get("name") or name.get("class_name")
-    if callable(name):
-        name = getattr(name, "__name__", str(name))
+    name = _activation_name(name)
     return name if name in ops.STEP_ACTIVATIONS else None
 
 

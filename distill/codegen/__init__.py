@@ -125,14 +125,16 @@ def export_name(model: ir.Model, target: Target, name: str | None) -> str:
     return base + target.name_suffix if taken else base
 
 
+# Ops whose every output value is a function of the input value at its own index, with no
+# weights: the rows a target holds its values in stay as they are.
+ELEMENTWISE_OPS = frozenset({"sigmoid", "tanh", "relu", "leaky_relu", "elu", "selu", "gelu",
+                             "gelu_tanh", "silu", "softplus", "softsign", "hard_sigmoid",
+                             "exponential", "clipped_relu"})
 # Ops that may write their result over their first input: each output value depends only on
 # the input values at its own index (merges: at its index in every input), or, for softmax, on
 # values its row has already read.
-IN_PLACE_OPS = frozenset({"normalize", "sigmoid", "tanh", "relu", "leaky_relu", "softmax",
-                          "add", "subtract", "multiply", "average", "maximum", "minimum",
-                          "elu", "selu", "gelu", "gelu_tanh", "silu", "softplus", "softsign",
-                          "hard_sigmoid", "exponential", "clipped_relu", "prelu",
-                          "layer_norm"})
+IN_PLACE_OPS = ELEMENTWISE_OPS | {"normalize", "softmax", "add", "subtract", "multiply",
+                                  "average", "maximum", "minimum", "prelu", "layer_norm"}
 
 
 def plan(model: ir.Model) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
@@ -475,6 +477,7 @@ def context(model: ir.Model, target: Target, name: str | None = None,
         "inputs_kept": inputs_kept,
         "roots": [_root(model, out) for out in model.outputs],
         "input_size": prod(model.input_shape),
+        "keeps_rows": sorted(ELEMENTWISE_OPS | set(NO_DATA_OPS)),
         "output_size": prod(model.output_shape),
         "labels": labels,
         "classifier": bool(labels),

@@ -88,6 +88,10 @@ class _Graph:
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
 
+    def ints(self, node: ir.Node, tag: str, values: list[int]) -> str:
+        """An int64 constant of `node`'s lowering (shapes, axes, indices), `<node>_<tag>`."""
+        return self.constant(f"{node.name}_{tag}", np.array(values, np.int64))
+
     def add(self, op_type: str, inputs: list[str], output: str, name: str, **attrs: Any) -> str:
         self.nodes.append(helper.make_node(op_type, inputs, [output],
                                            name=_fresh(name, self.node_names), **attrs))
@@ -295,24 +299,28 @@ def _conv_transpose(g: _Graph, node: ir.Node, x: str, y: str) -> None:
 def _embedding(g: _Graph, node: ir.Node, x: str, y: str) -> None:
     """Gather of trunc(x) where -1 < x < vocabulary, zeros elsewhere (ops.embedding_ids)."""
     vocab = node.weights["embeddings"].shape[0]
-    scalar = lambda tag, v: g.constant(f"{node.name}_{tag}", np.array([v], np.float32))  # noqa
+    def scalar(tag: str, value: float) -> str:
+        return g.constant(f"{node.name}_{tag}", np.array([value], np.float32))
     above = g.step(node, "above", "Greater", [x, scalar("low", -1.0)])
     below = g.step(node, "below", "Less", [x, scalar("high", float(vocab))])
     valid = g.step(node, "valid", "And", [above, below])
     safe = g.step(node, "safe", "Where", [valid, x, scalar("zero", 0.0)])
     ids = g.step(node, "ids", "Cast", [safe], to=TensorProto.INT64)  # truncates toward zero
     rows = g.step(node, "rows", "Gather", [g.weight(node, "embeddings"), ids], axis=0)
-    mask = g.step(node, "mask", "Unsqueeze", [valid, g.constant(
-        f"{node.name}_last_axis", np.array([-1], np.int64))])
+    mask = g.step(node, "mask", "Unsqueeze", [valid, g.ints(node, "last_axis", [-1])])
     g.add("Where", [mask, rows, scalar("zeros", 0.0)], y, node.name)
 
 
 @lowering("reverse")
 def _reverse(g: _Graph, node: ir.Node, x: str, y: str) -> None:
     steps = node.input_shape[0]
-    i64 = lambda tag, v: g.constant(f"{node.name}_{tag}", np.array(v, np.int64))  # noqa: E731
-    g.add("Slice", [x, i64("start", [-1]), i64("end", [-steps - 1]), i64("axis", [1]),
-                    i64("step", [-1])], y, node.name)
+    g.add("Slice", _reversal(g, node, x, "", steps, 1), y, node.name)
+
+
+def _reversal(g: _Graph, node: ir.Node, x: str, tag: str, steps: int, axis: int) -> list[str]:
+    """A Slice's inputs that read `steps` entries of `axis` last to first."""
+    return [x, g.ints(node, f"{tag}start", [-1]), g.ints(node, f"{tag}end", [-steps - 1]),
+            g.ints(node, f"{tag}axis", [axis]), g.ints(node, f"{tag}step", [-1])]
 
 
 ONNX_ACTIVATIONS = {"tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "Relu",
@@ -327,7 +335,6 @@ def _recurrent(g: _Graph, node: ir.Node, x: str, y: str) -> None:
     a, steps = node.attrs, node.input_shape[0]
     units = node.weights["recurrent_kernel"].shape[0]
     gates = ONNX_GATES[node.op]
-    i64 = lambda tag, v: g.constant(f"{node.name}_{tag}", np.array(v, np.int64))  # noqa: E731
 
     def onnx_layout(key: str) -> str:
         """(features or units, gates * units) -> (1, gates * units, features or units), the
@@ -337,32 +344,35 @@ def _recurrent(g: _Graph, node: ir.Node, x: str, y: str) -> None:
             parts = [f"{node.name}_{key}_gate{k}" for k in range(len(gates))]
             for p in parts:
                 g.tensor(p)
-            g.nodes.append(helper.make_node("Split", [w, i64(f"{key}_split", [units] * len(gates))],
-                                            parts, name=f"{node.name}_{key}_split", axis=1))
+            sizes = g.ints(node, f"{key}_split", [units] * len(gates))
+            g.nodes.append(helper.make_node("Split", [w, sizes], parts,
+                                            name=f"{node.name}_{key}_split", axis=1))
             w = g.step(node, f"{key}_onnx_order", "Concat", [parts[k] for k in gates], axis=1)
         w = g.step(node, f"{key}_t", "Transpose", [w], perm=[1, 0])
-        return g.step(node, f"{key}_onnx", "Unsqueeze", [w, i64(f"{key}_axis", [0])])
+        return g.step(node, f"{key}_onnx", "Unsqueeze", [w, g.ints(node, f"{key}_axis", [0])])
 
     inputs = [onnx_layout("kernel"), onnx_layout("recurrent_kernel")]
     if "bias" in node.weights:
         b = g.weight(node, "bias")
         size = len(gates) * units
         if a.get("reset_after"):  # the input's biases, then the recurrent ones
-            inputs.append(g.step(node, "bias_onnx", "Reshape", [b, i64("bias_shape",
-                                                                        [1, 2 * size])]))
+            shape = g.ints(node, "bias_shape", [1, 2 * size])
+            inputs.append(g.step(node, "bias_onnx", "Reshape", [b, shape]))
         else:
             if len(gates) > 1:
-                b = g.step(node, "bias_2d", "Reshape", [b, i64("bias_rows", [len(gates), units])])
-                b = g.step(node, "bias_order", "Gather", [b, i64("bias_gates", gates)], axis=0)
-                b = g.step(node, "bias_flat", "Reshape", [b, i64("bias_flat_shape", [size])])
+                rows = g.ints(node, "bias_rows", [len(gates), units])
+                b = g.step(node, "bias_2d", "Reshape", [b, rows])
+                b = g.step(node, "bias_order", "Gather", [b, g.ints(node, "bias_gates", gates)],
+                           axis=0)
+                b = g.step(node, "bias_flat", "Reshape", [b, g.ints(node, "bias_flat_shape",
+                                                                    [size])])
             zeros = g.constant(f"{node.name}_recurrent_bias", np.zeros(size, np.float32))
             b = g.step(node, "bias_both", "Concat", [b, zeros], axis=0)
-            inputs.append(g.step(node, "bias_onnx", "Unsqueeze", [b, i64("bias_axis", [0])]))
+            inputs.append(g.step(node, "bias_onnx", "Unsqueeze", [b, g.ints(node, "bias_axis",
+                                                                            [0])]))
     seq = g.step(node, "time_first", "Transpose", [x], perm=[1, 0, 2])
     if a.get("go_backwards"):
-        seq = g.step(node, "reversed", "Slice", [seq, i64("rev_start", [-1]),
-                                                 i64("rev_end", [-steps - 1]),
-                                                 i64("rev_axis", [0]), i64("rev_step", [-1])])
+        seq = g.step(node, "reversed", "Slice", _reversal(g, node, seq, "rev_", steps, 0))
     acts = [a.get("activation", "tanh")]
     if node.op != "simple_rnn":
         acts = [a.get("recurrent_activation", "sigmoid")] + acts * (2 if node.op == "lstm" else 1)
@@ -375,12 +385,13 @@ def _recurrent(g: _Graph, node: ir.Node, x: str, y: str) -> None:
     op_type = {"simple_rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}[node.op]
     out = g.step(node, op_type.lower(), op_type, [seq, *inputs], hidden_size=units,
                  activations=[ONNX_ACTIVATIONS[n] for n in acts], **extra)
-    out = g.step(node, "squeezed", "Squeeze", [out, i64("dir_axis", [1])])  # (T, N, U)
+    out = g.step(node, "squeezed", "Squeeze", [out, g.ints(node, "dir_axis", [1])])  # (T, N, U)
     if a["return_sequences"]:
         g.add("Transpose", [out], y, node.name, perm=[1, 0, 2])
     else:
-        out = g.step(node, "last", "Gather", [out, i64("last_step", [steps - 1])], axis=0)
-        g.add("Squeeze", [out, i64("step_axis", [0])], y, node.name)
+        out = g.step(node, "last", "Gather", [out, g.ints(node, "last_step", [steps - 1])],
+                     axis=0)
+        g.add("Squeeze", [out, g.ints(node, "step_axis", [0])], y, node.name)
 
 
 for _name in ONNX_GATES:
