@@ -676,6 +676,20 @@ def upsample(x, attrs, w):
     return x
 
 
+def _transpose_shape(s: Shape, attrs, w) -> Shape:
+    perm = list(attrs["perm"])
+    if sorted(perm) != list(range(len(s))):
+        raise ValueError(f"perm {perm} is not an order of the {len(s)} axes after the batch")
+    return tuple(s[p] for p in perm)
+
+
+@op("transpose", shape=_transpose_shape, attrs={"perm": list})
+def transpose(x, attrs, w):
+    """The axes after the batch reordered: output axis k is input axis perm[k] (ONNX's perm
+    less the batch), as [2, 0, 1] from channels last (H, W, C) to channels first (C, H, W)."""
+    return ad.transpose(x, (0, *(p + 1 for p in attrs["perm"])))
+
+
 @op("reverse")
 def reverse(x, attrs, w):
     """The first axis after the batch read last to first (a backward recurrent layer's

@@ -149,7 +149,7 @@ def convolutions(rng):
     """2-D and 1-D: strides, padding on each side, dilation, groups and depthwise, bias or
     none, max and average pooling with padding, zero padding, upsampling, cropping, both
     global poolings, transposed convolutions (cut, output padding, dilation), linear
-    upsampling."""
+    upsampling, axes reordered to channels first."""
     from distill import ir
 
     def r(*shape):
@@ -171,7 +171,8 @@ def convolutions(rng):
             ("up2", "conv_transpose", {"strides": [2, 3], "pads": [1, 0, 0, 1],
                                        "output_padding": [1, 2], "dilation": [1, 2]},
              {"kernel": r(3, 2, 6, 3), "bias": r(3)}, "mp"),
-        ], outputs=["g", "gm", "z", "up2", "lin"]),
+            ("chw", "transpose", {"perm": [2, 0, 1]}, {}, "up2"),
+        ], outputs=["g", "gm", "z", "chw", "lin"]),
         ir.make_model("conv1d", (9, 3), [
             ("c", "conv", {"strides": [2], "pads": [2, 0], "groups": 1, "dilation": [2]},
              {"kernel": r(3, 3, 5), "bias": r(5)}),

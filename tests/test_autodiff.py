@@ -346,7 +346,7 @@ OP_GRADIENT_CASES = {
                        {"kernel": np.linspace(-1, 1, 2 * 2 * 4 * 3).reshape(2, 2, 4, 3),
                         "bias": np.arange(3.0)}),
     "max_pool": ({"pool": [2, 2], "strides": [1, 1], "pads": [1, 0, 0, 1]}, {}),
-    "reverse": ({}, {}),
+    "reverse": ({}, {}), "transpose": ({"perm": [1, 0]}, {}),
     # recurrent ops over (2 steps, 4 features): backpropagation through time
     "simple_rnn": ({"return_sequences": True}, {"kernel": _w(4, 3), "recurrent_kernel": _w(3, 3),
                                                 "bias": _w(3)}),

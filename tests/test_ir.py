@@ -108,6 +108,10 @@ OP_CASES["conv_transpose"] = [
     ("1d_plain", (4, 2), lambda r: [("t", "conv_transpose", {"strides": [1], "pads": [0, 0]},
                                      {"kernel": randn(r, 3, 2, 2)})]),
 ]
+OP_CASES["transpose"] = [
+    ("3d", (2, 3, 4), lambda r: [("t", "transpose", {"perm": [2, 0, 1]}, {})]),
+    ("2d", (3, 2), lambda r: [("t", "transpose", {"perm": [1, 0]}, {})]),
+]
 OP_CASES["reverse"] = [("steps", (3, 2), lambda r: [("r", "reverse", {}, {})])]
 OP_CASES["embedding"] = [("ids", (4,), lambda r: [("e", "embedding", {},
                                                    {"embeddings": randn(r, 3, 2)})])]

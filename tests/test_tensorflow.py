@@ -259,7 +259,8 @@ def test_every_activation_and_normalization_layer(tmp_path, suffix):
 def test_convolutions_and_pooling(tmp_path, suffix):
     """Conv1D/2D (strides, same, valid and causal padding, dilation, groups), depthwise and
     separable convolutions, max and average pooling (same padding: padding not counted), zero
-    padding, nearest and bilinear upsampling and both global poolings, on two inputs."""
+    padding, nearest and bilinear upsampling, both global poolings and Permute, on two
+    inputs."""
     inp = keras.Input((9, 8, 3))
     h = keras.layers.Conv2D(6, 3, padding="same", activation="relu", strides=(2, 1))(inp)
     h = keras.layers.ZeroPadding2D(((1, 0), (0, 2)))(h)
@@ -282,11 +283,12 @@ def test_convolutions_and_pooling(tmp_path, suffix):
     c = keras.layers.DepthwiseConv1D(2)(c)
     c = keras.layers.Cropping1D((1, 0))(keras.layers.UpSampling1D(3)(c))
     c = keras.layers.GlobalAveragePooling1D()(c)
+    channels_first = keras.layers.Flatten()(keras.layers.Permute((3, 1, 2))(h))
     model = keras.Model([inp, signal], [keras.layers.Dense(3, activation="softmax")(pooled), c,
-                                        keras.layers.Flatten()(h)], name="convs")
+                                        keras.layers.Flatten()(h), channels_first], name="convs")
     imported = three_way(model, tmp_path, suffix)
     assert {"conv", "max_pool", "avg_pool", "zero_pad", "crop", "upsample", "global_avg_pool",
-            "global_max_pool"} <= {n.op for n in imported.nodes}
+            "global_max_pool", "transpose"} <= {n.op for n in imported.nodes}
 
 
 @pytest.mark.parametrize("suffix", [".keras", ".h5"])

@@ -207,6 +207,11 @@ def _reshape(layer, shapes) -> list[Spec]:
     return [(layer.name, "reshape", {"shape": [int(d) for d in layer.target_shape]}, {})]
 
 
+@converter("Permute")
+def _permute(layer, shapes) -> list[Spec]:
+    return [(layer.name, "transpose", {"perm": [int(d) - 1 for d in layer.dims]}, {})]
+
+
 @converter("BatchNormalization")
 def _batch_normalization(layer, shapes) -> list[Spec]:
     """Inference-time batch normalization, gamma * (x - mean) / sqrt(variance + epsilon) +

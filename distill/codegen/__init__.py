@@ -427,6 +427,10 @@ def context(model: ir.Model, target: Target, name: str | None = None,
                 step.update(_window_figures(node))
             if node.op == "reverse":  # `steps` rows of `row` values, last to first
                 step.update(steps=node.input_shape[0], row=prod(node.input_shape[1:]))
+            if node.op == "transpose":  # each output axis's size and its input stride
+                strides = [prod(node.input_shape[k + 1:]) for k in range(len(node.input_shape))]
+                step["axes"] = [(node.output_shape[k], prod(node.output_shape[k + 1:]),
+                                 strides[p]) for k, p in enumerate(node.attrs["perm"])]
             if node.op == "embedding":  # ids, each a row of D of a table of V
                 step.update(ids=prod(node.input_shape), V=node.weights["embeddings"].shape[0],
                             D=node.weights["embeddings"].shape[1])

@@ -311,6 +311,11 @@ def _embedding(g: _Graph, node: ir.Node, x: str, y: str) -> None:
     g.add("Where", [mask, rows, scalar("zeros", 0.0)], y, node.name)
 
 
+@lowering("transpose")
+def _transpose(g: _Graph, node: ir.Node, x: str, y: str) -> None:
+    g.add("Transpose", [x], y, node.name, perm=[0, *(p + 1 for p in node.attrs["perm"])])
+
+
 @lowering("reverse")
 def _reverse(g: _Graph, node: ir.Node, x: str, y: str) -> None:
     steps = node.input_shape[0]
