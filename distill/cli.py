@@ -179,7 +179,7 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", parents=[common], help="emit standalone code for a model",
                        description="Emit standalone inference code with the weights baked in, "
                        f"for each of: {langs}. The output folder is replaced in one step.")
-    e.add_argument("model", help="a .distill file, or a Keras .keras/.h5 file")
+    e.add_argument("model", help="a .distill file, a Keras .keras/.h5 file or an .onnx file")
     e.add_argument("--lang", required=True, help=f"{langs}, a comma-separated list, or all")
     e.add_argument("-o", "--output", required=True, help="output folder (created or replaced)")
     e.add_argument("--name", help="name for the emitted symbols and files (default: model's)")
@@ -197,7 +197,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="Export to a temporary folder with many golden vectors, "
                        "build each target with its real toolchain, run its self-test and "
                        "compare with the reference interpreter. Exit 1 on any mismatch.")
-    v.add_argument("model", help="a .distill file, or a Keras .keras/.h5 file")
+    v.add_argument("model", help="a .distill file, a Keras .keras/.h5 file or an .onnx file")
     v.add_argument("--lang", default="all", help=f"{langs}, a comma-separated list, or all")
     v.add_argument("--name", help="name for the emitted symbols and files")
     v.add_argument("--samples", type=int, default=256, help="inputs compared (default 256)")
@@ -205,10 +205,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="how C and Go store the weights (see export)")
     v.set_defaults(run=cmd_verify)
 
-    k = sub.add_parser("import", parents=[common], help="convert a Keras model to .distill",
-                       description="Read a Keras model (.keras or .h5), convert it to the "
-                       "distill IR, check it against Keras's own predictions, and save it.")
-    k.add_argument("model", help="a .keras or .h5 file")
+    k = sub.add_parser("import", parents=[common],
+                       help="convert a Keras or ONNX model to .distill",
+                       description="Read a Keras model (.keras or .h5) or an ONNX model "
+                       "(.onnx), convert it to the distill IR, check it against Keras's own "
+                       "predictions or onnxruntime's, and save it.")
+    k.add_argument("model", help="a .keras, .h5 or .onnx file")
     k.add_argument("-o", "--output", help="model file to write (default: NAME.distill)")
     k.set_defaults(run=cmd_import)
 
@@ -222,7 +224,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(path: str) -> ir.Model:
-    """A .distill file, or a Keras file (.keras, .h5) imported on the fly."""
+    """A .distill file, or a Keras (.keras, .h5) or ONNX (.onnx) file imported on the fly."""
     from .backends.keras import load_any
     return load_any(path, isolate=True)
 
@@ -460,18 +462,20 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from .backends.keras import is_keras_file, load_keras
-    if not is_keras_file(args.model):
-        raise DistillError(f"{args.model}: expected a .keras or .h5 file")
+    from .backends.onnx import is_onnx_file, load_onnx
+    if not is_keras_file(args.model) and not is_onnx_file(args.model):
+        raise DistillError(f"{args.model}: expected a .keras, .h5 or .onnx file")
     if args.output:
         _output_file(Path(args.output), "model")
-    model = load_keras(args.model, isolate=True)
+    onnx = is_onnx_file(args.model)
+    model = load_onnx(args.model) if onnx else load_keras(args.model, isolate=True)
     out = Path(args.output or f"{model.name}.distill")
     _output_file(out, "model")
     with _writing(out, "model"):
         ir.save(model, out)
     figures = ir.stats(model)
     print(f"imported {args.model}: {len(model.nodes)} nodes, {figures['parameters']:,} "
-          f"parameters; matches Keras's predictions; wrote {out}")
+          f"parameters; matches {'onnxruntime' if onnx else 'Keras'}'s predictions; wrote {out}")
     return 0
 
 

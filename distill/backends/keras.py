@@ -1212,5 +1212,9 @@ def is_keras_file(path: str | os.PathLike) -> bool:
 
 
 def load_any(path: str | os.PathLike, isolate: bool = False) -> ir.Model:
-    """A `.distill` file, or a Keras file imported on the fly (`isolate`: see `load_keras`)."""
+    """A `.distill` file, or a Keras file (`isolate`: see `load_keras`) or an ONNX file
+    imported on the fly."""
+    from .onnx import is_onnx_file, load_onnx
+    if is_onnx_file(path):
+        return load_onnx(path)
     return load_keras(path, isolate) if is_keras_file(path) else ir.load(path)
