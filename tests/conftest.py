@@ -192,8 +192,10 @@ def convolutions(rng):
 def recurrent(rng):
     """SimpleRNN, LSTM and GRU (reset_after both ways), every step's output or the last, read
     forwards and backwards, every step activation, with and without a bias, steps reversed;
-    four outputs. And
-    an embedding of ids (random inputs: many outside the table) into an LSTM."""
+    four outputs. An
+    embedding of ids (random inputs: many outside the table) into an LSTM. And a model that
+    streams (`codegen.stream`): normalize, dense, merges and recurrent layers step by step
+    into two last-step layers and a softmax head."""
     from distill import ir
 
     def r(*shape):
@@ -216,4 +218,22 @@ def recurrent(rng):
         ("embed", "embedding", {}, {"embeddings": r(3, 4)}),
         ("lstm", "lstm", {"return_sequences": False},
          {"kernel": r(4, 8), "recurrent_kernel": r(2, 8), "bias": r(8)}),
-    ], outputs=["lstm", "embed"])]
+    ], outputs=["lstm", "embed"]), ir.make_model("stream", (5, 3), [
+        ("scale", "normalize", {}, {"mean": r(3), "std": np.abs(r(3)) + 0.5}),
+        ("features", "dense", {}, {"kernel": r(3, 4), "bias": r(4)}),
+        ("squash", "tanh", {}, {}),
+        ("rnn", "simple_rnn", {"return_sequences": True},
+         {"kernel": r(4, 3), "recurrent_kernel": r(3, 3), "bias": r(3)}),
+        ("gru", "gru", {"return_sequences": True, "reset_after": False,
+                        "recurrent_activation": "hard_sigmoid"},
+         {"kernel": r(3, 6), "recurrent_kernel": r(2, 6)}),
+        ("skip", "dense", {}, {"kernel": r(4, 3)}, "squash"),
+        ("sum", "add", {}, {}, ["rnn", "skip"]),
+        ("gru_last", "gru", {"return_sequences": False, "reset_after": True},
+         {"kernel": r(3, 6), "recurrent_kernel": r(2, 6), "bias": r(2, 6)}, "sum"),
+        ("last", "lstm", {"return_sequences": False},
+         {"kernel": r(2, 8), "recurrent_kernel": r(2, 8), "bias": r(8)}, "gru"),
+        ("both", "concatenate", {"axis": 0}, {}, ["last", "gru_last"]),
+        ("head", "dense", {}, {"kernel": r(4, 3), "bias": r(3)}),
+        ("probs", "softmax", {}, {}),
+    ], outputs=["probs", "gru", "sum"])]

@@ -803,3 +803,99 @@ def test_every_op_alone_builds_warning_free_in_c_and_go():
         model = ir.make_model(f"alone_{op_name}", input_shape, layers(np.random.default_rng(3)))
         for result in verify(model, ["c", "go"], samples=4):
             assert result.ok, (op_name, result.line())
+
+
+# ------------------------------------------------------------------------------- streaming
+
+def stream_model(steps: int) -> ir.Model:
+    """conftest's streaming model, over `steps` time steps."""
+    model = next(m for m in graph_models(np.random.default_rng(0)) if m.name == "stream")
+    return ir.make_model("stream", (steps, *model.input_shape[1:]),
+                         [(n.name, n.op, n.attrs, n.weights, n.inputs) for n in model.nodes],
+                         outputs=model.outputs)
+
+
+def test_which_models_stream_and_why_not():
+    from distill.codegen.stream import step_model
+    models = {m.name: m for m in graph_models(np.random.default_rng(0))}
+    assert step_model(models["recurrent"]) == "node 'lstm' reads its steps last to first"
+    assert step_model(models["conv1d"]) == "it has no recurrent layer"
+    before = ir.make_model("late", (6, 3), [("c", "conv", {"strides": [1], "pads": [0, 0],
+                                                           "groups": 1},
+                                             {"kernel": np.ones((2, 3, 3), np.float32)}),
+                                            ("r", "simple_rnn", {"return_sequences": False},
+                                             {"kernel": np.ones((3, 2), np.float32),
+                                              "recurrent_kernel": np.eye(2, dtype=np.float32)})])
+    assert step_model(before) == "node 'c' (conv) reads across the time steps"
+    tokens = step_model(models["tokens"])
+    assert (tokens.state, tokens.state_size, tokens.outputs) == ({"lstm": 0}, 4, [False, True])
+    stream = step_model(models["stream"])
+    assert stream.state == {"rnn": 0, "gru": 3, "gru_last": 5, "last": 7}
+    assert stream.outputs == [False, True, True] and stream.model.input_shape == (1, 3)
+    for lang in ("c", "go", "numpy"):  # the API is there exactly when the model streams
+        for model in models.values():
+            files = b"".join(codegen.render(model, lang, samples=1).values())
+            api = {"c": b"_step(", "go": b"func Step(", "numpy": b"def step("}[lang]
+            assert (api in files) == (model.name in ("tokens", "stream")), (lang, model.name)
+
+
+def test_a_stream_runs_past_the_trained_length_with_predicts_bits(tmp_path):
+    """The C and NumPy step functions of a model trained on 5 steps, run for 12, give the bits
+    the same model's predict gives over 12 steps: each step's row of the sequence outputs,
+    and the last-step outputs at the end (C for one stream, NumPy for three side by side)."""
+    short, long = stream_model(5), stream_model(12)
+    x = np.random.default_rng(1).normal(size=(3, 12, 3)).astype(np.float32)
+    codegen.export(short, ["c", "numpy"], tmp_path / "short", name="s")
+    codegen.export(long, ["c", "numpy"], tmp_path / "long", name="l")
+    rows = [(0, 3, False), (3, 2, True), (5, 3, True)]  # (offset, size, a sequence) per output
+
+    def expected(whole: np.ndarray) -> np.ndarray:  # (N, 12 steps, 8 step outputs)
+        out = np.zeros((len(whole), 12, 8), np.float32)
+        offset = 0
+        for at, size, seq in rows:
+            if seq:
+                out[:, :, at:at + size] = whole[:, offset:offset + 12 * size].reshape(-1, 12, size)
+                offset += 12 * size
+            else:
+                out[:, -1, at:at + size] = whole[:, offset:offset + size]
+                offset += size
+        return out
+    keep = np.zeros((12, 8), bool)
+    keep[:, 3:] = True
+    keep[-1, :3] = True  # the last-step output, compared at the end only
+
+    short_py = load_module(tmp_path / "short" / "numpy" / "s.py", "stream_short")
+    long_py = load_module(tmp_path / "long" / "numpy" / "l.py", "stream_long")
+    state = short_py.reset(len(x))
+    got = np.stack([short_py.step(state, x[:, t]) for t in range(12)], axis=1)
+    want = expected(long_py.predict(x).reshape(len(x), -1))
+    assert np.array_equal(got[:, keep].view(np.uint32), want[:, keep].view(np.uint32))
+
+    (tmp_path / "short" / "c" / "steps.c").write_text(
+        '#include "s.h"\n#include <stdio.h>\n#include <string.h>\n'
+        "int main(void) {\n    float in[S_STEP_INPUT_SIZE], out[S_STEP_OUTPUT_SIZE];\n"
+        "    unsigned int u;\n    int i;\n    s_state state;\n\n    s_reset(&state);\n"
+        "    while (fread(in, sizeof in, 1, stdin) == 1) {\n"
+        "        s_step(&state, in, out);\n"
+        "        for (i = 0; i < S_STEP_OUTPUT_SIZE; ++i) {\n"
+        '            memcpy(&u, &out[i], 4);\n            printf("%08x\\n", u);\n'
+        "        }\n    }\n    return 0;\n}\n")
+    (tmp_path / "long" / "c" / "whole.c").write_text(
+        '#include "l.h"\n#include <stdio.h>\n#include <string.h>\n'
+        "int main(void) {\n    float in[L_INPUT_SIZE], out[L_OUTPUT_SIZE];\n"
+        "    unsigned int u;\n    int i;\n\n"
+        "    if (fread(in, sizeof in, 1, stdin) != 1) {\n        return 1;\n    }\n"
+        "    l_predict(in, out);\n"
+        "    for (i = 0; i < L_OUTPUT_SIZE; ++i) {\n"
+        '        memcpy(&u, &out[i], 4);\n        printf("%08x\\n", u);\n'
+        "    }\n    return 0;\n}\n")
+
+    def run_c(folder: Path, main: str, source: str) -> np.ndarray:
+        subprocess.run(["cc", "-std=c99", "-O2", "-Wall", "-Wextra", "-pedantic", "-Werror",
+                        "-o", main, f"{main}.c", source, "-lm"], cwd=folder, check=True)
+        out = subprocess.run([f"./{main}"], cwd=folder, input=x[0].astype("<f4").tobytes(),
+                             capture_output=True, check=True).stdout.decode().split()
+        return np.array([int(v, 16) for v in out], np.uint32)
+    c_steps = run_c(tmp_path / "short" / "c", "steps", "s.c").reshape(12, 8)
+    c_whole = run_c(tmp_path / "long" / "c", "whole", "l.c").view(np.float32)
+    assert np.array_equal(c_steps[keep], expected(c_whole[None])[0][keep].view(np.uint32))

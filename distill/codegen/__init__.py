@@ -49,6 +49,7 @@ from .. import __version__, ir
 from ..errors import DistillError
 from ..ops import GATES
 from .render import make_env, templates_dir
+from .stream import Stream, step_model
 
 # The documented agreement between emitted code and the reference, per output value:
 # |emitted - reference| <= ABS_TOL + REL_TOL * |reference|. Differences come only from the
@@ -359,22 +360,10 @@ def golden_samples(model: ir.Model, count: int, seed: int = 0) -> np.ndarray:
     return np.concatenate([saved, extra.astype(np.float32)])
 
 
-def context(model: ir.Model, target: Target, name: str | None = None,
-            samples: int = 16, weights: str = "auto") -> dict[str, Any]:
-    """Everything a template may use. Templates see no IR objects, only these values."""
-    weights = storage(model, weights)
-    prefix = export_name(model, target, name)
-    idents = _idents(model, target, prefix)
-    steps, buffers = plan(model)
-    figures = ir.stats(model)
-    x = golden_samples(model, samples)
-    with np.errstate(all="ignore"):
-        y = ir.run(model, x).reshape(len(x), prod(model.output_shape))
-    finite = np.isfinite(y).all(axis=1)  # an overflowing sample proves nothing; drop it
-    x, y = x[finite], y[finite]
-    if not len(x):
-        raise DistillError(f"model {model.name!r} overflows on every self-test input")
-    labels = list(model.labels) if model.labels else []
+def _steps(model: ir.Model, steps: list[dict[str, Any]], idents: dict[tuple[str, str], str],
+           arrays: list[dict[str, Any]], by_array: dict[Any, dict[str, Any]]) -> list[dict]:
+    """The plan's steps as templates see them: buffers, shapes, each op's figures, and its
+    weights, each array added to `arrays` the first time it is met (`by_array`)."""
     # Where a value is read from after the step that writes it: languages that hold values in
     # variables (NumPy) keep a value in one of its own when a later step reads it other than
     # straight after it is written, or when the model outputs it.
@@ -385,7 +374,7 @@ def context(model: ir.Model, target: Target, name: str | None = None,
     outputs = {_root(model, out) for out in model.outputs}
     value_size = {name: prod(shape) for name, shape in model.inputs}
     value_size.update((st["writes"], st["size"]) for st in steps)
-    ctx_steps, arrays, by_array = [], [], {}
+    ctx_steps = []
     for i, s in enumerate(steps):
         node = s["node"]
         follows = i > 0 and s["reads"][0] == steps[i - 1]["writes"]
@@ -454,6 +443,72 @@ def context(model: ir.Model, target: Target, name: str | None = None,
                 step["outer"] = prod(node.output_shape[:axis])
                 step["chunks"] = [prod(sh[axis:]) for sh in node.input_shapes]
         ctx_steps.append(step)
+    return ctx_steps
+
+
+def _stream_context(stream: Stream, model: ir.Model, idents: dict[tuple[str, str], str],
+                    arrays: list[dict[str, Any]], whole: list[dict]) -> dict[str, Any]:
+    """What templates need for the streaming API (see `stream`): the plan of one step, with
+    each recurrent step's `state` offset. A weight array that is the same as the whole
+    sequence's is that one; one that differs (a normalize's values for one step) is added
+    to `arrays` under the name the whole sequence's has, plus "_step"."""
+    from .stream import figures
+    steps, buffers = plan(stream.model)
+    roots = [_root(stream.model, out) for out in stream.model.outputs]
+    known = {(st["name"], key): w for st in whole for key, w in st["weights"].items()}
+    mine: list[dict[str, Any]] = []
+    added: list[dict[str, Any]] = []  # the arrays of its own (only normalize and prelu have any)
+    ctx_steps = _steps(stream.model, steps, {k: f"{v}_step" for k, v in idents.items()}, mine,
+                       {})
+    for st in ctx_steps:
+        for key, w in st["weights"].items():
+            same = known.get((st["name"], key))
+            if same is not None and np.array_equal(same["values"], w["values"]):
+                st["weights"][key] = same
+            elif not any(w is a for a in arrays):
+                arrays.append(w)
+                added.append(w)
+        if st["name"] in stream.state:
+            st["state"] = stream.state[st["name"]]
+    for st in whole:  # a dense on a sequence, in a language whose matmul rounds by its rows
+        if st["op"] == "dense" and st["name"] in stream.sequences:  # (NumPy): a step at a time
+            st["per_step"] = model.input_shape[0]
+    return {"steps": ctx_steps, "buffers": buffers, "state_size": stream.state_size,
+            "weights": added,
+            "workspace": sum(b["size"] for b in buffers.values() if b["kind"] == "workspace"),
+            "input_size": prod(stream.model.input_shape),
+            "output_size": prod(stream.model.output_shape),
+            "steps_trained": model.input_shape[0],
+            "input_shape": list(stream.model.input_shape[1:]),  # one step's, no time axis
+            "output_shape": list(stream.model.output_shape),
+            "inputs_kept": any(r in stream.model.input_names for k, st in enumerate(steps)
+                               for j, r in enumerate(st["reads"]) if k or j)
+            or bool(set(roots) & set(stream.model.input_names)),
+            "roots": roots,
+            "outputs": figures(stream, model)}
+
+
+def context(model: ir.Model, target: Target, name: str | None = None,
+            samples: int = 16, weights: str = "auto") -> dict[str, Any]:
+    """Everything a template may use. Templates see no IR objects, only these values."""
+    weights = storage(model, weights)
+    prefix = export_name(model, target, name)
+    idents = _idents(model, target, prefix)
+    steps, buffers = plan(model)
+    figures = ir.stats(model)
+    x = golden_samples(model, samples)
+    with np.errstate(all="ignore"):
+        y = ir.run(model, x).reshape(len(x), prod(model.output_shape))
+    finite = np.isfinite(y).all(axis=1)  # an overflowing sample proves nothing; drop it
+    x, y = x[finite], y[finite]
+    if not len(x):
+        raise DistillError(f"model {model.name!r} overflows on every self-test input")
+    labels = list(model.labels) if model.labels else []
+    arrays: list[dict[str, Any]] = []
+    ctx_steps = _steps(model, steps, idents, arrays, {})
+    stream = step_model(model)
+    streaming = _stream_context(stream, model, idents, arrays, ctx_steps) \
+        if isinstance(stream, Stream) else None
     offset = 0
     for w in arrays:  # where each array starts in a weights blob, in floats
         w["offset"] = offset
@@ -462,7 +517,7 @@ def context(model: ir.Model, target: Target, name: str | None = None,
     # whether a model input is read by any step but the first, or output
     inputs_kept = any(r in model.input_names for k, st in enumerate(steps)
                       for j, r in enumerate(st["reads"]) if k or j) or bool(
-                          outputs & set(model.input_names))
+                          {_root(model, out) for out in model.outputs} & set(model.input_names))
     blob = weights == "blob" and target.blob_file is not None
     return {
         "name": prefix,
@@ -493,6 +548,7 @@ def context(model: ir.Model, target: Target, name: str | None = None,
         "batch_tile": batch_tile(prod(model.input_shape) + prod(model.output_shape) + workspace),
         "ram_bytes": 4 * workspace,
         "steps": ctx_steps,
+        "stream": streaming,
         "weights": arrays,
         "weight_storage": weights,
         "blob_file": target.blob_file.format(name=prefix) if blob else None,
