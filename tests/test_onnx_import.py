@@ -259,22 +259,191 @@ def test_fixed_batch_of_one_and_an_old_opset():
     assert model.input_shape == (2, 4, 4) and model.output_shape == (27,)
 
 
-ROUND_TRIP = {m.name: m for m in graph_models(np.random.default_rng(3))
-              if m.name in ("graph", "residual", "conv2d", "conv1d", "repeats", "passthrough")}
+ROUND_TRIP = {m.name: m for m in graph_models(np.random.default_rng(3))}
 
 
 @pytest.mark.parametrize("name", sorted(ROUND_TRIP))
 def test_distill_exports_import_back(name, tmp_path):
+    """Every IR op: exported as ONNX, imported back (the fused patterns of clipped_relu,
+    embedding and both GELUs, the recurrent layers), the same outputs."""
     model = ROUND_TRIP[name]
     path, = codegen.export(model, ["onnx"], tmp_path / "out")
     back = import_onnx(onnx.load(str(path)))
     assert back.input_shapes == model.input_shapes
     assert back.output_shapes == model.output_shapes
-    x = RNG.normal(size=(8, *model.input_shape)).astype(np.float32)
-    np.testing.assert_allclose(ir.run(back, x), ir.run(model, x), rtol=1e-5, atol=1e-6)
+    xs = [RNG.normal(size=(8, *shape)).astype(np.float32) * 2 for _, shape in model.inputs]
+    xs = xs if len(xs) > 1 else xs[0]
+    for got, want in zip(ir.run(back, xs, split=True), ir.run(model, xs, split=True)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     # the exporter's transposes around every conv vanish: no more than the model had
     assert sum(n.op == "transpose" for n in back.nodes) == \
         sum(n.op == "transpose" for n in model.nodes)
+    fused = {"gelu", "gelu_tanh", "clipped_relu", "embedding", "simple_rnn", "gru", "lstm"}
+    assert {n.op for n in back.nodes} & fused == {n.op for n in model.nodes} & fused
+
+
+def test_keras_gate_order_inverts_the_exporters():
+    from distill.backends.onnx import KERAS_GATES
+    from distill.codegen.onnx import ONNX_GATES
+    for op, gates in ONNX_GATES.items():
+        assert list(np.argsort(gates)) == KERAS_GATES[op]
+
+
+GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
+
+
+def torch_rnn(b, x, op_type, name, features, hidden, bidirectional=False, batch=True,
+              **attrs):
+    """One layer of nn.RNN / nn.GRU / nn.LSTM as torch.onnx.export writes it: the zero state
+    from the input's batch size (Shape, Gather, Concat, ConstantOfShape), the weights as
+    initializers, sequence_lens omitted; returns (Y, Y_h)."""
+    d, g = 1 + bidirectional, GATES[op_type]
+    shape = b.op("Shape", [x])
+    n = b.op("Gather", [shape, b.const(np.array(1, np.int64))], axis=0)
+    n = b.op("Unsqueeze", [n, b.const(np.array([0], np.int64))])
+    dims = b.op("Concat", [b.const(np.array([d], np.int64)), n,
+                           b.const(np.array([hidden], np.int64))], axis=0)
+    zeros = b.op("ConstantOfShape", [dims], value=numpy_helper.from_array(
+        np.zeros(1, np.float32)))
+    inputs = [x, b.init(f"{name}.W", w(d, g * hidden, features)),
+              b.init(f"{name}.R", w(d, g * hidden, hidden)),
+              b.init(f"{name}.B", w(d, 2 * g * hidden)), "", zeros]
+    if op_type == "LSTM":
+        inputs.append(zeros)
+    if op_type == "GRU":
+        attrs.setdefault("linear_before_reset", 1)
+    if bidirectional:
+        attrs["direction"] = "bidirectional"
+    outs = b.op(op_type, inputs, f"/{name}/{op_type}", outputs=3 if op_type == "LSTM" else 2,
+                hidden_size=hidden, **attrs)
+    return outs[0], outs[1]
+
+
+def torch_sequence(b, y, bidirectional):
+    """Y (T, D, N, H) as PyTorch reshapes it: (T, N, D * H)."""
+    if not bidirectional:
+        return b.op("Squeeze", [y, b.const(np.array([1], np.int64))])
+    y = b.op("Transpose", [y], perm=[0, 2, 1, 3])
+    return b.op("Reshape", [y, b.const(np.array([0, 0, -1], np.int64))])
+
+
+@pytest.mark.parametrize("op_type", ["RNN", "GRU", "LSTM"])
+def test_pytorch_batch_first_recurrent_layers(op_type):
+    """Two layers, batch_first, the second bidirectional: the output sequence, and a Linear
+    on h_n[-1] (the last layer's reverse direction) and on out[:, -1]."""
+    b = Builder()
+    attrs = {"activations": ["Relu"]} if op_type == "RNN" else {}
+    x = b.op("Transpose", ["x"], perm=[1, 0, 2])
+    y, _ = torch_rnn(b, x, op_type, "rnn.l0", 3, 4, **attrs)
+    y = torch_sequence(b, y, False)
+    y, h = torch_rnn(b, y, op_type, "rnn.l1", 4, 5, bidirectional=True,
+                     **({"activations": ["Relu"] * 2} if attrs else {}))
+    seq = b.op("Transpose", [torch_sequence(b, y, True)], perm=[1, 0, 2])
+    last = b.op("Gather", [h, b.const(np.array(-1, np.int64))], axis=0)
+    fc = b.linear(last, "fc", 5, 2)
+    step = b.op("Gather", [seq, b.const(np.array(-1, np.int64))], axis=1)
+    proto = b.model([("x", (6, 3))], [seq, fc, b.linear(step, "fc2", 10, 2)], opset=14)
+    model = import_onnx(proto)
+    assert_matches_onnxruntime(proto, model)
+    ops_used = [n.op for n in model.nodes]
+    assert ops_used.count({"RNN": "simple_rnn", "GRU": "gru", "LSTM": "lstm"}[op_type]) == 3
+    assert "transpose" not in ops_used, ops_used
+    # the bidirectional sequence is a concatenate of the two directions' layers
+    seq_node = next(n for n in model.nodes if n.name == model.outputs[0])
+    assert seq_node.op == "concatenate", ops_used
+
+
+def test_pytorch_recurrent_layers_not_batch_first():
+    """batch_first=False: the input (T, N, F) is imported as (N, T, F), the outputs batch
+    first too: the sequence (T, N, H) and h_n (1, N, H) come as (N, T, H) and (N, 1, H)."""
+    b = Builder()
+    y, _ = torch_rnn(b, "x", "LSTM", "lstm.l0", 3, 4)
+    y, h = torch_rnn(b, torch_sequence(b, y, False), "GRU", "gru.l0", 4, 3)
+    seq = torch_sequence(b, y, False)
+    head = b.op("Add", [b.op("MatMul", [seq, b.init("fc.weight", w(3, 2))]),
+                        b.init("fc.bias", w(2))])
+    graph = helper.make_graph(b.nodes, "torch_jit", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [5, "batch", 3])], [helper.make_empty_tensor_value_info(n)
+                                                    for n in (head, h)], initializer=b.inits)
+    proto = with_output_types(helper.make_model(graph,
+                                                opset_imports=[helper.make_opsetid("", 13)]))
+    model = import_onnx(proto)
+    assert model.input_shape == (5, 3) and model.output_shapes == ((5, 2), (1, 3))
+    x = RNG.normal(size=(7, 5, 3)).astype(np.float32)
+    want = session(proto).run(None, {"x": x.transpose(1, 0, 2)})
+    got = ir.run(model, x, split=True)
+    for a, c in zip(got, want):
+        np.testing.assert_allclose(a, np.moveaxis(c, 1, 0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op_type,attrs", [
+    ("RNN", {"direction": "reverse", "activations": ["Sigmoid"]}),
+    ("GRU", {"direction": "reverse", "linear_before_reset": 0}),
+    ("GRU", {"linear_before_reset": 0, "activations": ["HardSigmoid", "Relu"],
+             "activation_alpha": [1 / 6, 0.0], "activation_beta": [0.5, 0.0]}),
+    ("LSTM", {"direction": "reverse"}),
+    ("LSTM", {"activations": ["Sigmoid", "Relu", "Relu"]}),
+])
+def test_recurrent_options(op_type, attrs):
+    """The reverse direction, GRU's linear_before_reset=0 (Keras's reset_after=False), the
+    step activations; Y and Y_h (D, N, H) both read, Y_h as (N, D, H)."""
+    b = Builder()
+    x = b.op("Transpose", ["x"], perm=[1, 0, 2])
+    g = GATES[op_type]
+    y, h = b.op(op_type, [x, b.init("W", w(1, g * 4, 3)), b.init("R", w(1, g * 4, 4)),
+                          b.init("B", w(1, 2 * g * 4))], outputs=2, hidden_size=4, **attrs)
+    seq = b.op("Squeeze", [y, b.const(np.array([1], np.int64))])
+    seq = b.op("Transpose", [seq], perm=[1, 0, 2])
+    proto = b.model([("x", (5, 3))], [seq, h], opset=14)
+    model = import_onnx(proto)
+    assert model.output_shapes == ((5, 4), (1, 4))
+    x = RNG.normal(size=(8, 5, 3)).astype(np.float32)
+    want = session(proto).run(None, {"x": x})
+    got = ir.run(model, x, split=True)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[1], want[1].transpose(1, 0, 2), rtol=1e-5, atol=1e-5)
+
+
+def test_recurrent_refusals_are_listed():
+    b = Builder()
+    x = b.op("Transpose", ["x"], perm=[1, 0, 2])
+    state = b.init("h0", np.ones((1, 1, 4), np.float32))
+    y, _ = b.op("GRU", [x, b.init("W", w(1, 12, 3)), b.init("R", w(1, 12, 4)), "", "", state],
+                "gru", outputs=2, hidden_size=4)
+    _, _, c = b.op("LSTM", [x, b.init("W2", w(1, 16, 3)), b.init("R2", w(1, 16, 4))], "lstm",
+                   outputs=3, hidden_size=4, clip=3.0)
+    proto = b.model([("x", (5, 3))], [y, c], opset=14, batch=1)
+    with pytest.raises(DistillError) as e:
+        import_onnx(proto)
+    text = str(e.value)
+    for part in ("node 'gru' GRU: a nonzero initial_h is not supported",
+                 "node 'lstm' LSTM: clip=3.0, its Y_c output (the cell state) is not supported"):
+        assert part in text, text
+
+
+def test_gelu_patterns_as_pytorch_writes_them():
+    """nn.GELU() below opset 20 (Div, Erf, Add, Mul, Mul), the order x * 0.5 * (1 + erf),
+    nn.GELU(approximate="tanh"), and nn.Threshold(0.5, 0)."""
+    b = Builder()
+    x = b.linear("x", "fc", 4, 6)
+    erf = b.op("Erf", [b.op("Div", [x, b.const(np.float32(1.4142135))])])
+    exact = b.op("Mul", [b.op("Mul", [x, b.op("Add", [erf, b.const(np.float32(1))])]),
+                         b.const(np.float32(0.5))])
+    erf2 = b.op("Erf", [b.op("Mul", [x, b.const(np.float32(0.70710677))])])
+    other = b.op("Mul", [b.op("Mul", [x, b.const(np.float32(0.5))]),
+                         b.op("Add", [b.const(np.float32(1)), erf2])])
+    cube = b.op("Mul", [x, b.op("Mul", [x, x])])
+    inner = b.op("Add", [x, b.op("Mul", [b.const(np.float32(0.044715)), cube])])
+    t = b.op("Tanh", [b.op("Mul", [b.const(np.float32(0.7978846)), inner])])
+    approx = b.op("Mul", [b.const(np.float32(0.5)),
+                          b.op("Mul", [x, b.op("Add", [b.const(np.float32(1)), t])])])
+    above = b.op("Greater", [x, b.const(np.float32(0.5))])
+    threshold = b.op("Where", [above, x, b.const(np.float32(0))])
+    proto = b.model([("x", (4,))], [exact, other, approx, threshold], opset=13)
+    model = import_onnx(proto)
+    assert [n.op for n in model.nodes] == ["dense", "gelu", "gelu", "gelu_tanh",
+                                           "clipped_relu"]
+    assert_matches_onnxruntime(proto, model)
 
 
 def test_every_unsupported_op_and_option_is_listed_at_once():

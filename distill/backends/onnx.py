@@ -6,7 +6,7 @@ Where it sits: beside the Keras importer. `distill import`, `export`, `verify`, 
 
 The layout scheme. ONNX models are channels first (NCHW); the IR is channels last. Every ONNX
 tensor the model computes is an IR value plus a permutation `perm` of its sample axes (the
-batch axis is the IR's implicit one and never moves): onnx_value == ir_value.transpose(perm).
+batch axis is the IR's implicit one): onnx_value == ir_value.transpose(perm) per sample.
 Inputs start as the identity, so the imported model takes exactly the ONNX input's layout.
 - Conv, ConvTranspose, pooling and BatchNormalization-like consumers get their input channels
   last, a `transpose` node inserted where its perm does not say so already; their outputs are
@@ -18,13 +18,26 @@ Inputs start as the identity, so the imported model takes exactly the ONNX input
   read the ONNX layout, so a transpose is inserted where the perm is not the identity, except
   that a Flatten read only by Gemm or MatMul keeps the IR's order and permutes the dense
   kernel's rows instead (as onnx2keras does).
+- Recurrent layers are time first in ONNX: a Value also records the ONNX axis of its batch
+  (`batch_axis`). PyTorch's Transpose (time <-> batch) before RNN, GRU and LSTM moves it to
+  axis 1; their outputs Y (T, D, N, U) and Y_h (D, N, U) have it on axes 2 and 1; Transpose,
+  Squeeze, Reshape, Gather (one index), Slice, Concat, Shape, MatMul, merges and activations
+  follow it, any other op refuses such a tensor. An input read only as recurrent layers' X
+  (PyTorch's batch_first=False) is time first: the IR takes it batch first, (T, F) per
+  sample, and an output whose batch is not first (h_n, a time-first sequence) comes batch
+  first, (N, D, U) and (N, T, U); the onnxruntime check moves the axes to compare.
+- Chains that stand for one IR op are fused before conversion (`_fuse`, PATTERNS): GELU's
+  erf and tanh forms as PyTorch writes nn.GELU below opset 20, and distill's own exports of
+  clipped_relu and embedding (Greater / Less / And / Where / Cast / Gather), so every IR op
+  round-trips through distill's ONNX export.
 
 What it promises:
 - Every node whose inputs are all constants (initializers, Constant nodes, the Shape of a
   tensor, whose shape is static) is evaluated at import time by onnx's reference evaluator:
   PyTorch's Shape -> Gather -> Unsqueeze -> Concat -> Reshape chains become one reshape.
-- The first dimension of every input is the batch (symbolic, or a fixed size); any other
-  symbolic dimension is an error naming the input and the dimension.
+- The first dimension of every input is the batch (symbolic, or a fixed size), the second
+  for a time-first recurrent input; any other symbolic dimension is an error naming the
+  input and the dimension.
 - A BatchNormalization, or an Add of a constant bias, folds into the conv or dense before it
   when nothing else reads that node (as the Keras importer folds its normalizations).
 - Every unsupported op or option is listed at once, in one error.
@@ -36,7 +49,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import prod
 from pathlib import Path
 from typing import Any
@@ -52,6 +65,9 @@ NEEDS = "reading ONNX files needs onnx and onnxruntime (pip install 'distill[onn
 # Ops that must not be evaluated at import time even on constant inputs.
 RANDOM = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
           "Multinomial", "Bernoulli"}
+# The domain of the nodes that `_fuse` writes in place of a pattern no ONNX op names.
+FUSED = "distill.fused"
+RECURRENT = {"RNN": "simple_rnn", "GRU": "gru", "LSTM": "lstm"}
 
 # A converter takes the importer, the node, its attributes (strings decoded) and its inputs
 # (a `Value`, a constant numpy array, or None for an omitted optional input), and returns its
@@ -70,16 +86,26 @@ def converter(*op_types: str) -> Callable:
 @dataclass(frozen=True)
 class Value:
     """An ONNX tensor the IR computes: `name` (an IR node or input) of per-sample IR `shape`,
-    with onnx_value == ir_value.transpose(perm). A flatten that only dense layers read keeps
-    the IR's element order instead: then onnx_value == ir_value[rows]."""
+    with onnx_value == ir_value.transpose(perm) per sample, the batch on ONNX axis
+    `batch_axis` (0, or further in for the time-major tensors of recurrent layers). A flatten
+    that only dense layers read keeps the IR's element order instead: then
+    onnx_value == ir_value[rows]."""
     name: str
     shape: tuple[int, ...]
     perm: tuple[int, ...]
     rows: np.ndarray | None = None
+    batch_axis: int = 0
 
     @property
     def onnx_shape(self) -> tuple[int, ...]:
+        """The ONNX shape without the batch axis."""
         return tuple(self.shape[p] for p in self.perm)
+
+    def full_shape(self, batch: int) -> list[int]:
+        """The ONNX shape, batch axis included."""
+        shape = list(self.onnx_shape)
+        shape.insert(self.batch_axis, batch)
+        return shape
 
 
 def _identity(rank: int) -> tuple[int, ...]:
@@ -104,6 +130,10 @@ class _Graph:
         self.problems: list[str] = []
         self.taken: set[str] = set()
         self.layouts: dict[tuple, Value] = {}
+        # reshape and reverse nodes -> what they read, for a later reshape or recurrent layer
+        # to read through
+        self.reshaped: dict[str, Value] = {}
+        self.reversed: dict[str, Value] = {}
 
     def unique(self, raw: str) -> str:
         name = ir.sanitize_name(raw, self.taken)
@@ -111,14 +141,28 @@ class _Graph:
         return name
 
     def add(self, base: str, op: str, attrs: dict, weights: dict, inputs: list[Value],
-            perm: tuple[int, ...] | None = None) -> Value:
-        """A new IR node reading `inputs`; its output's perm is `perm` (default: the first
-        input's)."""
+            perm: tuple[int, ...] | None = None, batch_axis: int | None = None) -> Value:
+        """A new IR node reading `inputs`; its output's perm and batch axis are `perm` and
+        `batch_axis` (default: the first input's)."""
         shape = ops.output_shape(ops.OPS[op], [v.shape for v in inputs], attrs,
                                  {k: np.asarray(w, np.float32) for k, w in weights.items()})
         name = self.unique(base)
         self.specs.append((name, op, attrs, weights, [v.name for v in inputs]))
-        return Value(name, shape, perm if perm is not None else inputs[0].perm)
+        return Value(name, shape, perm if perm is not None else inputs[0].perm,
+                     batch_axis=inputs[0].batch_axis if batch_axis is None else batch_axis)
+
+    def reshape(self, base: str, v: Value, shape, perm: tuple[int, ...],
+                batch_axis: int | None = None) -> Value:
+        """`v`'s IR value reshaped to per-sample `shape`: a reshape of a reshape reads the
+        first one's input instead, and is that input where the shapes agree."""
+        source = self.reshaped.get(v.name, v)
+        batch_axis = v.batch_axis if batch_axis is None else batch_axis
+        if tuple(shape) == source.shape:
+            return Value(source.name, source.shape, tuple(perm), batch_axis=batch_axis)
+        y = self.add(base, "reshape", {"shape": list(shape)}, {}, [source], tuple(perm),
+                     batch_axis)
+        self.reshaped[y.name] = source
+        return y
 
     def layout(self, v: Value, perm: tuple[int, ...]) -> Value:
         """`v` held so that onnx_value == ir_value.transpose(perm): a transpose node where its
@@ -133,19 +177,18 @@ class _Graph:
             moved = [a for a in q if v.shape[a] != 1]
             shape = [v.shape[a] for a in q]
             if moved == sorted(moved):
-                self.layouts[key] = self.add(f"{v.name}_reshape", "reshape", {"shape": shape}, {},
-                                             [v], tuple(perm))
+                self.layouts[key] = self.reshape(f"{v.name}_reshape", v, shape, tuple(perm))
             else:
                 self.layouts[key] = self.add(f"{v.name}_transpose", "transpose", {"perm": q}, {},
                                              [v], tuple(perm))
-        return self.layouts[key]
+        return replace(self.layouts[key], batch_axis=v.batch_axis)
 
     def onnx_layout(self, v: Value) -> Value:
         return self.layout(v, _identity(len(v.shape)))
 
     def convert(self, node) -> None:
         where = f"node {_node_name(node)!r} {node.op_type}"
-        if node.domain not in ("", "ai.onnx"):
+        if node.domain not in ("", "ai.onnx", FUSED):
             self.problems.append(f"node {_node_name(node)!r} {node.domain}.{node.op_type} is "
                                  "not supported")
             return
@@ -154,7 +197,7 @@ class _Graph:
             if node.op_type not in CONVERTERS:  # reported even where its inputs are unknown
                 self.problems.append(f"{where} is not supported")
             return  # an input is unknown: an earlier node's problem, reported already
-        foldable = node.op_type not in RANDOM and all(
+        foldable = node.op_type not in RANDOM and node.domain != FUSED and all(
             v is None or isinstance(v, np.ndarray) for v in inputs)
         try:
             if foldable:
@@ -226,9 +269,13 @@ def _first_line(e: BaseException) -> str:
 
 # ------------------------------------------------------------------------------ the converters
 
-def _value(v: Any, what: str = "its input") -> Value:
+def _value(v: Any, what: str = "its input", moved: bool = False) -> Value:
+    """`v` as a computed tensor; `moved`: also one whose batch axis is not first."""
     if not isinstance(v, Value):
         raise Unsupported(f"{what} being a constant")
+    if v.batch_axis and not moved:
+        raise Unsupported(f"{what} having its batch on axis {v.batch_axis} (time first, as "
+                          "recurrent layers read and write it)")
     return v
 
 
@@ -243,12 +290,12 @@ def _float32(a: np.ndarray) -> np.ndarray:
 
 
 def _axis(axis: int, v: Value) -> int:
-    """ONNX axis `axis` of `v` as a sample axis (0 is the first after the batch)."""
+    """ONNX axis `axis` of `v` as a sample axis (0 is the first but the batch)."""
     rank = len(v.shape) + 1
     axis = axis + rank if axis < 0 else axis
-    if not 0 < axis < rank:
+    if not 0 <= axis < rank or axis == v.batch_axis:
         raise Unsupported(f"axis {axis} (the batch axis, or none of the tensor's)")
-    return axis - 1
+    return axis - (axis > v.batch_axis)
 
 
 def _int_list(v: Any, what: str) -> list[int]:
@@ -256,11 +303,11 @@ def _int_list(v: Any, what: str) -> list[int]:
 
 
 def _broadcast(c: np.ndarray, v: Value) -> np.ndarray:
-    """Constant `c`, as it broadcasts against ONNX tensor `v` (batch first), in v's IR layout."""
+    """Constant `c`, as it broadcasts against ONNX tensor `v`, in v's IR layout."""
     rank = len(v.shape)
     if c.ndim > rank + 1:
         raise Unsupported(f"a constant of shape {c.shape} that broadcasts the tensor")
-    c = c.reshape((1,) * (rank + 1 - c.ndim) + c.shape)
+    c = np.moveaxis(c.reshape((1,) * (rank + 1 - c.ndim) + c.shape), v.batch_axis, 0)
     if c.shape[0] != 1:
         raise Unsupported(f"a constant of shape {c.shape} with a batch dimension")
     c = c[0].transpose(np.argsort(v.perm))
@@ -287,12 +334,12 @@ MERGES = {"Add": "add", "Sub": "subtract", "Mul": "multiply", "Sum": "add", "Max
 
 
 def _merge(g: _Graph, node, op_type: str, xs: list) -> Value:
-    values = [_value(x, "an input") for x in xs]
+    values = [_value(x, "an input", moved=True) for x in xs]
     if len(values) == 1:
         return values[0]
     first = values[0]
     values = [first] + [g.layout(x, first.perm) for x in values[1:]]
-    if any(x.shape != first.shape for x in values):
+    if any(x.shape != first.shape or x.batch_axis != first.batch_axis for x in values):
         raise Unsupported(f"inputs of shapes {[x.onnx_shape for x in values]} (a merge takes "
                           "tensors of one shape)")
     return g.add(_node_name(node), MERGES[op_type], {}, {}, values)
@@ -329,7 +376,8 @@ ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Softplus":
 
 @converter(*ACTIVATIONS)
 def _activation(g: _Graph, node, attrs, xs) -> list:
-    return [g.add(_node_name(node), ACTIVATIONS[node.op_type], {}, {}, [_value(xs[0])])]
+    return [g.add(_node_name(node), ACTIVATIONS[node.op_type], {}, {},
+                  [_value(xs[0], moved=True)])]
 
 
 def _f32(value: float) -> float:
@@ -369,6 +417,15 @@ def _hard_sigmoid(g: _Graph, node, attrs, xs) -> list:
 def _thresholded_relu(g: _Graph, node, attrs, xs) -> list:
     return [g.add(_node_name(node), "clipped_relu", {
         "threshold": _f32(attrs.get("alpha", 1.0)), "negative_slope": 0.0}, {}, [_value(xs[0])])]
+
+
+@converter("ClippedRelu")
+def _clipped_relu(g: _Graph, node, attrs, xs) -> list:
+    """The node `_fuse` writes for distill's own export of Keras's ReLU with options."""
+    step = {"threshold": _f32(attrs["threshold"]), "negative_slope": _f32(attrs["negative_slope"])}
+    if "max_value" in attrs:
+        step["max_value"] = _f32(attrs["max_value"])
+    return [g.add(_node_name(node), "clipped_relu", step, {}, [_value(xs[0])])]
 
 
 @converter("Gelu")
@@ -439,18 +496,19 @@ def _cast(g: _Graph, node, attrs, xs) -> list:
 
 @converter("Shape")
 def _shape(g: _Graph, node, attrs, xs) -> list:
-    shape = np.array([g.batch, *_value(xs[0]).onnx_shape], np.int64)
+    shape = np.array(_value(xs[0], moved=True).full_shape(g.batch), np.int64)
     return [shape[attrs.get("start", 0):attrs.get("end", len(shape))]]
 
 
 @converter("Transpose")
 def _transpose(g: _Graph, node, attrs, xs) -> list:
-    x = _value(xs[0])
+    """Only the perm changes. One that swaps the batch and the next axis (as PyTorch writes
+    around a recurrent layer, batch_first or not) moves the batch axis, and moves it back."""
+    x = _value(xs[0], moved=True)
     perm = attrs.get("perm", list(range(len(x.shape), -1, -1)))
-    if perm[0] != 0:
-        raise Unsupported(f"perm={perm}, which moves the batch axis")
-    sample = [p - 1 for p in perm[1:]]
-    return [Value(x.name, x.shape, tuple(x.perm[p] for p in sample))]
+    b = x.batch_axis
+    sample = [p - (p > b) for p in perm if p != b]
+    return [Value(x.name, x.shape, tuple(x.perm[p] for p in sample), batch_axis=perm.index(b))]
 
 
 def _dense_only(g: _Graph, name: str) -> bool:
@@ -489,23 +547,25 @@ def _flatten_op(g: _Graph, node, attrs, xs) -> list:
                   [g.onnx_layout(x)], (0, 1))]
 
 
-def _reshaped(g: _Graph, node, x: Value, full: list[int]) -> Value:
-    """x reshaped to the ONNX shape `full` (batch first, resolved)."""
-    if full[0] != g.batch or len(full) < 2:
+def _reshaped(g: _Graph, node, x: Value, full: list[int], batch_axis: int = 0) -> Value:
+    """x reshaped to the ONNX shape `full` (resolved), its batch on axis `batch_axis`."""
+    if full[batch_axis] != g.batch or len(full) < 2:
         raise Unsupported(f"a target shape {full} that moves the batch axis")
-    target = tuple(full[1:])
+    target = tuple(full[:batch_axis] + full[batch_axis + 1:])
     if target == x.onnx_shape:
-        return x
-    if len(target) == 1:
+        return replace(x, batch_axis=batch_axis)
+    if len(target) == 1 and not batch_axis and not x.batch_axis:
         return _flatten(g, node, x)
-    return g.add(_node_name(node), "reshape", {"shape": list(target)}, {}, [g.onnx_layout(x)],
-                 _identity(len(target)))
+    return g.reshape(_node_name(node), g.onnx_layout(x), target, _identity(len(target)),
+                     batch_axis)
 
 
 @converter("Reshape")
 def _reshape(g: _Graph, node, attrs, xs) -> list:
-    x = _value(xs[0])
-    source = [g.batch, *x.onnx_shape]
+    """A time-major tensor (batch on axis 1) keeps the axes up to its batch, as PyTorch's
+    (T, N, 2, H) -> (T, N, 2H) of a bidirectional layer's outputs does."""
+    x = _value(xs[0], moved=True)
+    source = x.full_shape(g.batch)
     target = _int_list(xs[1], "shape") if g.opset >= 5 else list(attrs["shape"])
     if not attrs.get("allowzero"):
         target = [source[k] if d == 0 and k < len(source) else d for k, d in enumerate(target)]
@@ -514,7 +574,10 @@ def _reshape(g: _Graph, node, attrs, xs) -> list:
         target[target.index(-1)] = prod(source) // known if known else 0
     if prod(target) != prod(source) or min(target) < 1:
         raise Unsupported(f"a target shape {target} for a tensor of {source}")
-    return [_reshaped(g, node, x, target)]
+    b = x.batch_axis
+    if target[:b] != source[:b]:
+        raise Unsupported(f"a target shape {target} that moves the batch axis of {source}")
+    return [_reshaped(g, node, x, target, b)]
 
 
 def _axes(g: _Graph, attrs, xs, rank: int) -> list[int] | None:
@@ -531,20 +594,22 @@ def _axes(g: _Graph, attrs, xs, rank: int) -> list[int] | None:
 
 @converter("Squeeze")
 def _squeeze(g: _Graph, node, attrs, xs) -> list:
-    x = _value(xs[0])
-    full = [g.batch, *x.onnx_shape]
+    """Also of a recurrent layer's outputs (the directions axis, PyTorch's Squeeze(Y, 1))."""
+    x = _value(xs[0], moved=True)
+    full, b = x.full_shape(g.batch), x.batch_axis
     axes = _axes(g, attrs, xs, len(full))
     if axes is None:
-        axes = [k for k, d in enumerate(full) if d == 1 and k > 0]
-    if 0 in axes or any(full[a] != 1 for a in axes):
+        axes = [k for k, d in enumerate(full) if d == 1 and k != b]
+    if b in axes or any(full[a] != 1 for a in axes):
         raise Unsupported(f"axes={axes} on a tensor of {tuple(full)}")
-    return [_reshaped(g, node, x, [d for k, d in enumerate(full) if k not in axes])]
+    return [_reshaped(g, node, x, [d for k, d in enumerate(full) if k not in axes],
+                      b - sum(a < b for a in axes))]
 
 
 @converter("Unsqueeze")
 def _unsqueeze(g: _Graph, node, attrs, xs) -> list:
     x = _value(xs[0])
-    full = [g.batch, *x.onnx_shape]
+    full = x.full_shape(g.batch)
     count = len(attrs["axes"]) if "axes" in attrs else len(_int_list(xs[1], "axes"))
     axes = _axes(g, attrs, xs, len(full) + count)
     if 0 in axes:
@@ -556,10 +621,12 @@ def _unsqueeze(g: _Graph, node, attrs, xs) -> list:
 
 @converter("Concat")
 def _concat(g: _Graph, node, attrs, xs) -> list:
-    values = [_value(x, "an input") for x in xs]
+    values = [_value(x, "an input", moved=True) for x in xs]
     axis = _axis(attrs["axis"], values[0])
     first = values[0]
     values = [first] + [g.layout(x, first.perm) for x in values[1:]]
+    if any(x.batch_axis != first.batch_axis for x in values):
+        raise Unsupported("inputs with their batch on different axes")
     if len(values) == 1:
         return values
     return [g.add(_node_name(node), "concatenate", {"axis": first.perm[axis]}, {}, values)]
@@ -573,7 +640,8 @@ def _dense(g: _Graph, node, x: Value, kernel: np.ndarray, bias: np.ndarray | Non
     weights = {"kernel": _float32(kernel)}
     if bias is not None:
         weights["bias"] = _float32(bias)
-    return g.add(_node_name(node), "dense", {}, weights, [x], _identity(len(x.shape)))
+    return g.add(_node_name(node), "dense", {}, weights, [x], _identity(len(x.shape)),
+                 x.batch_axis)
 
 
 @converter("Gemm")
@@ -596,7 +664,9 @@ def _gemm(g: _Graph, node, attrs, xs) -> list:
 
 @converter("MatMul")
 def _matmul(g: _Graph, node, attrs, xs) -> list:
-    a = _value(xs[0], "input A")
+    """Over the last axis, so also of a time-major tensor (PyTorch's Linear after a recurrent
+    layer that is not batch_first)."""
+    a = _value(xs[0], "input A", moved=True)
     b = _constant(xs[1], "input B")
     if b.ndim != 2:
         raise Unsupported(f"an input B of shape {b.shape} (a 2-D constant)")
@@ -798,9 +868,10 @@ def _per_ir_axis(x: Value, per_onnx: list) -> list:
 
 def _pad_or_crop(g: _Graph, node, x: Value, before: list[int], after: list[int]) -> Value:
     """x with `before` and `after` values added (negative: removed) on each ONNX axis."""
-    if before[0] or after[0]:
+    b = x.batch_axis
+    if before[b] or after[b]:
         raise Unsupported("padding the batch axis")
-    before, after = before[1:], after[1:]
+    before, after = before[:b] + before[b + 1:], after[:b] + after[b + 1:]
     if not any(before) and not any(after):
         return x
     if min(before + after) < 0 < max(before + after):
@@ -835,8 +906,10 @@ def _pad(g: _Graph, node, attrs, xs) -> list:
 
 @converter("Slice")
 def _slice(g: _Graph, node, attrs, xs) -> list:
-    x = _value(xs[0])
-    full = [g.batch, *x.onnx_shape]
+    """Cuts the axes; or, with step -1, reads the first axis but the batch last to first
+    (distill's own export of go_backwards, time first)."""
+    x = _value(xs[0], moved=True)
+    full = x.full_shape(g.batch)
     if g.opset < 10:
         starts, ends = list(attrs["starts"]), list(attrs["ends"])
         axes = list(attrs.get("axes", range(len(starts))))
@@ -847,6 +920,8 @@ def _slice(g: _Graph, node, attrs, xs) -> list:
             list(range(len(starts)))
         steps = _int_list(xs[4], "steps") if len(xs) > 4 and xs[4] is not None else \
             [1] * len(starts)
+    if steps == [-1] and len(axes) == 1:
+        return [_reversal(g, node, x, axes[0], starts[0], ends[0])]
     if any(s != 1 for s in steps):
         raise Unsupported(f"steps={steps}")
     before, after = [0] * len(full), [0] * len(full)
@@ -859,6 +934,21 @@ def _slice(g: _Graph, node, attrs, xs) -> list:
             raise Unsupported(f"an empty slice of axis {a}")
         before[a], after[a] = -start, end - n
     return [_pad_or_crop(g, node, x, before, after)]
+
+
+def _reversal(g: _Graph, node, x: Value, axis: int, start: int, end: int) -> Value:
+    """x read last to first along ONNX `axis` by a Slice of step -1 from `start` to `end`."""
+    full = x.full_shape(g.batch)
+    axis = axis + len(full) if axis < 0 else axis
+    n = full[axis]
+    whole = (start + n if start < 0 else start) >= n - 1 and end < -n
+    if axis == x.batch_axis or axis - (axis > x.batch_axis) != 0 or not whole:
+        raise Unsupported(f"steps=[-1] on axis {axis} from {start} to {end} (only all of the "
+                          "first axis but the batch, reversed)")
+    source = g.onnx_layout(x)
+    y = g.add(_node_name(node), "reverse", {}, {}, [source])
+    g.reversed[y.name] = source
+    return y
 
 
 def _nearest_index(n: int, k: int, mode: str, nearest: str) -> np.ndarray:
@@ -920,14 +1010,387 @@ def _resize(g: _Graph, node, attrs, xs) -> list:
 
 @converter("Gather")
 def _gather(g: _Graph, node, attrs, xs) -> list:
-    table, ids = xs
-    if attrs.get("axis", 0) != 0 or not isinstance(table, np.ndarray) or table.ndim != 2:
-        raise Unsupported("gathering other than rows of a constant 2-D table (an embedding)")
-    x = g.onnx_layout(_value(ids, "the indices"))
-    return [g.add(_node_name(node), "embedding", {}, {"embeddings": _float32(table)}, [x])]
+    """Rows of a constant 2-D table: an embedding (PyTorch's nn.Embedding, and distill's own
+    export of one, fused by `_fuse`). Or one index of an axis but the batch: PyTorch's
+    x[:, -1] (a scalar index, the axis dropped) or [k] (kept), as on a recurrent layer's
+    outputs."""
+    data, ids = xs
+    if isinstance(data, np.ndarray):
+        if attrs.get("axis", 0) != 0 or data.ndim != 2:
+            raise Unsupported("gathering other than rows of a constant 2-D table (an "
+                              "embedding)")
+        x = g.onnx_layout(_value(ids, "the indices"))
+        return [g.add(_node_name(node), "embedding", {}, {"embeddings": _float32(data)}, [x],
+                      _identity(len(x.shape) + 1))]
+    x = _value(data, "the data", moved=True)
+    index = np.asarray(_constant(ids, "index"))
+    if index.size != 1:
+        raise Unsupported(f"indices of shape {index.shape} (one index)")
+    full = x.full_shape(g.batch)
+    axis = attrs.get("axis", 0)
+    axis = axis + len(full) if axis < 0 else axis
+    if axis == x.batch_axis:
+        raise Unsupported("gathering along the batch axis")
+    n = full[axis]
+    k = int(index.reshape(-1)[0])
+    k = k + n if k < 0 else k
+    before, after = [0] * len(full), [0] * len(full)
+    before[axis], after[axis] = -k, k + 1 - n
+    y = _pad_or_crop(g, node, x, before, after)
+    if index.ndim:
+        return [y]
+    return [_reshaped(g, node, y, full[:axis] + full[axis + 1:],
+                      x.batch_axis - (axis < x.batch_axis))]
+
+
+# Each Keras gate's block in ONNX's order (LSTM: ONNX i, o, f, c, Keras i, f, c, o; GRU z, r,
+# h in both): the inverse of codegen.onnx.ONNX_GATES.
+KERAS_GATES = {"simple_rnn": [0], "gru": [0, 1, 2], "lstm": [0, 2, 3, 1]}
+# ONNX's step activations (names case-insensitive) as the IR's
+STEP_ACTIVATIONS = {"tanh": "tanh", "sigmoid": "sigmoid", "relu": "relu",
+                    "hardsigmoid": "hard_sigmoid"}
+DEFAULT_ACTIVATIONS = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"],
+                       "LSTM": ["Sigmoid", "Tanh", "Tanh"]}
+DIRECTIONS = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}
+
+
+def _step_activations(node, attrs, count: int) -> list[dict[str, str]]:
+    """Each direction's IR activation attrs: ONNX's f (recurrent_activation, or RNN's
+    activation), g (activation) and LSTM's h, which must be g; HardSigmoid only with
+    alpha=1/6, beta=0.5 (relu6(x + 3) / 6)."""
+    per = len(DEFAULT_ACTIVATIONS[node.op_type])
+    names = list(attrs.get("activations", DEFAULT_ACTIVATIONS[node.op_type] * count))
+    if len(names) == per:
+        names *= count
+    alphas, betas = attrs.get("activation_alpha", []), attrs.get("activation_beta", [])
+    acts = []
+    for k, name in enumerate(names):
+        act = STEP_ACTIVATIONS.get(name.lower())
+        if act is None:
+            raise Unsupported(f"activation {name!r} (Tanh, Sigmoid, Relu, HardSigmoid)")
+        if act == "hard_sigmoid" and not (
+                k < len(alphas) and np.float32(alphas[k]) == np.float32(1 / 6)
+                and k < len(betas) and betas[k] == 0.5):
+            raise Unsupported("HardSigmoid other than alpha=1/6, beta=0.5")
+        acts.append(act)
+    result = []
+    for d in range(count):
+        f, *rest = acts[d * per:(d + 1) * per]
+        if node.op_type == "RNN":
+            result.append({} if f == "tanh" else {"activation": f})
+            continue
+        if node.op_type == "LSTM" and rest[0] != rest[1]:
+            raise Unsupported(f"LSTM activations g={rest[0]}, h={rest[1]} (one for both)")
+        step = {} if f == "sigmoid" else {"recurrent_activation": f}
+        result.append(step if rest[0] == "tanh" else {**step, "activation": rest[0]})
+    return result
+
+
+def _keras_weights(op: str, w: np.ndarray, r: np.ndarray, b: np.ndarray | None,
+                   reset_after: bool) -> dict[str, np.ndarray]:
+    """One direction's ONNX W (G*U, F), R (G*U, U) and B (2*G*U: Wb, then Rb) as the IR's
+    kernel (F, G*U), recurrent_kernel (U, G*U) and bias, gates in Keras's order: Wb + Rb, or
+    both as (2, G*U) for a GRU that resets after the product (linear_before_reset=1)."""
+    order = KERAS_GATES[op]
+    gates, units = len(order), r.shape[-1]
+
+    def keras(m: np.ndarray) -> np.ndarray:
+        return _float32(m.reshape(gates, units, -1)[order].reshape(gates * units, -1).T)
+    weights = {"kernel": keras(w), "recurrent_kernel": keras(r)}
+    if b is not None:
+        both = np.asarray(b, np.float64).reshape(2, gates, units)[:, order]
+        both = both.reshape(2, gates * units)
+        weights["bias"] = _float32(both if reset_after else both[0] + both[1])
+    return weights
+
+
+def _zero_state(v: Any, what: str) -> None:
+    if v is None:
+        return
+    if not isinstance(v, np.ndarray):
+        raise Unsupported(f"a computed {what}")
+    if np.any(v):
+        raise Unsupported(f"a nonzero {what}")
+
+
+@converter(*RECURRENT)
+def _recurrent(g: _Graph, node, attrs, xs) -> list:
+    """PyTorch's nn.RNN, nn.GRU and nn.LSTM: X time first (T, N, F), behind a Transpose where
+    batch_first (not layout=1, which onnxruntime does not run); the weights constants;
+    initial_h and initial_c zeros (PyTorch's for no hx, folded); no sequence_lens or
+    peepholes. Each direction is an IR layer (a reverse one with go_backwards; one that reads
+    distill's own reversal of X reads X itself, the other way); Y (T, D, N, U) and Y_h
+    (D, N, U) are their every-step and last-step outputs, the reverse direction's put back in
+    time order, the directions concatenated. The Y_c output has no IR equivalent."""
+    x = _value(xs[0], "X", moved=True)
+    if x.batch_axis != 1:
+        raise Unsupported(f"an X with its batch on axis {x.batch_axis} (X is time first)")
+    problems = [f"{key}={attrs[key]}" for key in ("clip", "input_forget", "layout")
+                if attrs.get(key)]
+    if len(node.output) > 2 and g.readers.get(node.output[2]):
+        problems.append("its Y_c output (the cell state)")
+    if problems:
+        raise Unsupported(", ".join(problems))
+    x = g.onnx_layout(x)
+    if len(x.shape) != 2:
+        raise Unsupported(f"an X of {x.shape} per sample (steps, features)")
+    steps = x.shape[0]
+    w, r = (np.asarray(_constant(v, name), np.float64) for v, name in ((xs[1], "W"),
+                                                                        (xs[2], "R")))
+    b = _constant(xs[3], "B") if len(xs) > 3 and xs[3] is not None else None
+    if len(xs) > 4 and xs[4] is not None and np.any(_constant(xs[4], "sequence_lens")
+                                                    != steps):
+        raise Unsupported("sequence_lens shorter than the sequence")
+    for k, what in enumerate(("initial_h", "initial_c", "peephole P"), 5):
+        _zero_state(xs[k] if len(xs) > k else None, what)
+    op = RECURRENT[node.op_type]
+    backwards = DIRECTIONS[attrs.get("direction", "forward")]
+    acts = _step_activations(node, attrs, len(backwards))
+    units = r.shape[-1]
+    reset_after = bool(attrs.get("linear_before_reset", 0))
+    source = g.reversed.get(x.name, x)
+    want_y = bool(g.readers.get(node.output[0]))
+    want_h = len(node.output) > 1 and bool(g.readers.get(node.output[1]))
+    name = _node_name(node)
+    seqs, lasts = [], []
+    for d, backward in enumerate(backwards):
+        step_attrs = {"return_sequences": want_y, **acts[d]}
+        if backward != (source is not x):
+            step_attrs["go_backwards"] = True
+        if op == "gru":
+            step_attrs["reset_after"] = reset_after
+        weights = _keras_weights(op, w[d], r[d], None if b is None else b[d], reset_after)
+        base = f"{name}_reverse" if len(backwards) > 1 and backward else \
+            f"{name}_forward" if len(backwards) > 1 else name
+        out = g.add(base, op, step_attrs, weights, [source], _identity(1 + want_y), 0)
+        if not want_y:
+            lasts.append(out)
+            continue
+        if want_h:  # the last step computed, (1, U)
+            lasts.append(g.reshape(f"{base}_last", out, (1, units), (0, 1)) if steps == 1 else
+                         g.add(f"{base}_last", "crop", {"crops": [steps - 1, 0]}, {}, [out]))
+        seqs.append(g.add(f"{base}_in_time_order", "reverse", {}, {}, [out]) if backward
+                    else out)
+
+    def stacked(values: list[Value], axis: int, shape: tuple, batch_axis: int, tag: str):
+        """The directions' outputs side by side along `axis`, as `shape` per sample."""
+        both = values[0] if len(values) == 1 else g.add(
+            f"{name}_{tag}", "concatenate", {"axis": axis}, {}, values)
+        return g.reshape(f"{name}_{tag}_by_direction", both, shape, _identity(len(shape)),
+                         batch_axis)
+    count = len(backwards)
+    y = stacked(seqs, 1, (steps, count, units), 2, "y") if want_y else None
+    y_h = stacked(lasts, 0, (count, units), 1, "y_h") if want_h else None
+    return [y, y_h]
 
 
 # ----------------------------------------------------------------------------- the model
+
+class _Patterns:
+    """The graph's nodes, for `_fuse` to find the chains of elementwise ops that stand for one
+    IR op: who computes and who reads each tensor, and the constants (initializers and
+    Constant nodes)."""
+
+    def __init__(self, nodes: list, constants: dict[str, np.ndarray], readers: dict[str, list]):
+        self.readers = readers
+        self.producers = {o: n for n in nodes for o in n.output if o}
+        self.constants = dict(constants)
+        for n in nodes:
+            if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+                from onnx import numpy_helper
+                self.constants[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+
+    def node(self, name: str, op_type: str):
+        """The node of `op_type` computing tensor `name`, or None."""
+        n = self.producers.get(name)
+        return n if n is not None and n.op_type == op_type and n.domain in ("", "ai.onnx") \
+            else None
+
+    def scalar(self, name: str) -> float | None:
+        c = self.constants.get(name)
+        return float(c.reshape(-1)[0]) if c is not None and c.size == 1 else None
+
+    def is_scalar(self, name: str, value: float) -> bool:
+        c = self.scalar(name)
+        return c is not None and bool(np.isclose(c, value, rtol=1e-6, atol=0))
+
+    def factors(self, name: str, used: list, top: bool = True) -> list[str]:
+        """The factors of the product tree of Mul nodes at `name`, each inner one read only by
+        the next."""
+        n = self.node(name, "Mul")
+        if n is None or not top and len(self.readers.get(name, [])) != 1:
+            return [name]
+        used.append(n)
+        return [f for i in n.input for f in self.factors(i, used, False)]
+
+    def product(self, name: str, used: list) -> tuple[float, list[str]]:
+        """The product tree at `name` as (its constant factor, its other factors)."""
+        factors = self.factors(name, used)
+        scalars = [self.scalar(f) for f in factors]
+        return (float(np.prod([c for c in scalars if c is not None])),
+                sorted(f for f, c in zip(factors, scalars) if c is None))
+
+    def add_of(self, name: str, used: list) -> list[str] | None:
+        n = self.node(name, "Add")
+        if n is None:
+            return None
+        used.append(n)
+        return list(n.input)
+
+
+def _gelu_pattern(p: _Patterns, root, used: list):
+    """x * 0.5 * (1 + Erf(x / sqrt 2)) and x * 0.5 * (1 + Tanh(sqrt(2 / pi) * (x + 0.044715 *
+    x^3))), the products in any order: PyTorch's nn.GELU below opset 20 (Div by sqrt 2 then
+    Mul(Mul(x, 1 + erf), 0.5); the tanh form as x * x * x), and distill's own export."""
+    if root.op_type != "Mul":
+        return None
+    half, factors = p.product(root.output[0], used)
+    if not np.isclose(half, 0.5, rtol=1e-6) or len(factors) != 2:
+        return None
+    for x, plus in (factors, factors[::-1]):
+        trial = list(used)
+        approximate = _gelu_branch(p, x, plus, trial)
+        if approximate is not None:
+            used[:] = trial
+            return _fused_node("Gelu", x, root, approximate=approximate)
+    return None
+
+
+def _gelu_branch(p: _Patterns, x: str, plus: str, used: list) -> str | None:
+    """GELU's approximate attribute where `plus` is 1 + erf(x / sqrt 2) or its tanh form."""
+    terms = p.add_of(plus, used)
+    if terms is None or not any(p.is_scalar(t, 1.0) for t in terms):
+        return None
+    t = next(t for t in terms if not p.is_scalar(t, 1.0))
+    erf, tanh = p.node(t, "Erf"), p.node(t, "Tanh")
+    if erf is not None:
+        used.append(erf)
+        div = p.node(erf.input[0], "Div")
+        if div is not None:
+            used.append(div)
+            exact = div.input[0] == x and p.is_scalar(div.input[1], 2 ** 0.5)
+        else:
+            scale, rest = p.product(erf.input[0], used)
+            exact = rest == [x] and np.isclose(scale, 2 ** -0.5, rtol=1e-6)
+        return "none" if exact else None
+    if tanh is None:
+        return None
+    used.append(tanh)
+    scale, rest = p.product(tanh.input[0], used)
+    inner = p.add_of(rest[0], used) if len(rest) == 1 else None
+    if not np.isclose(scale, np.sqrt(2 / np.pi), rtol=1e-6) or inner is None or x not in inner:
+        return None
+    cubic, cube = p.product(inner[1 - inner.index(x)], used)
+    return "tanh" if cube == [x] * 3 and np.isclose(cubic, 0.044715, rtol=1e-6) else None
+
+
+def _clipped_relu_pattern(p: _Patterns, root, used: list):
+    """Keras's ReLU with options as distill's own export writes it: Where(Greater(x, t), x, 0),
+    capped by a Min, minus Mul(Relu(Sub(t, x)), slope); without the Sub, also PyTorch's
+    nn.Threshold(t, 0)."""
+    slope = 0.0
+    pos = root.output[0]
+    sub = p.node(pos, "Sub")
+    if sub is not None:
+        pos, neg = sub.input
+        mul = p.node(neg, "Mul")
+        if mul is None:
+            return None
+        relu_in, slope_name = mul.input if p.scalar(mul.input[1]) is not None else \
+            mul.input[::-1]
+        relu = p.node(relu_in, "Relu")
+        below = p.node(relu.input[0], "Sub") if relu is not None else None
+        slope = p.scalar(slope_name)
+        if below is None or slope is None:
+            return None
+        used += [sub, mul, relu, below]
+    attrs = {}
+    cap = p.node(pos, "Min")
+    if cap is not None and p.scalar(cap.input[1]) is not None:
+        attrs["max_value"] = p.scalar(cap.input[1])
+        used.append(cap)
+        pos = cap.input[0]
+    where = p.node(pos, "Where")
+    above = p.node(where.input[0], "Greater") if where is not None else None
+    if above is None or where.input[1] != above.input[0] or not p.is_scalar(where.input[2], 0):
+        return None
+    x, t = above.input
+    threshold = p.scalar(t)
+    if threshold is None or sub is not None and (below.input[1] != x or
+                                                 p.scalar(below.input[0]) != threshold):
+        return None
+    used += [where, above]
+    return _fused_node("ClippedRelu", x, root, domain=FUSED, threshold=threshold,
+                       negative_slope=slope, **attrs)
+
+
+def _embedding_pattern(p: _Patterns, root, used: list):
+    """distill's own export of an embedding: valid = And(Greater(x, -1), Less(x, vocabulary)),
+    Where(Unsqueeze(valid, -1), Gather(table, Cast(Where(valid, x, 0), int64)), 0); becomes a
+    Gather of the table by x, which the embedding reads as the IR does."""
+    if root.op_type != "Where" or not p.is_scalar(root.input[2], 0):
+        return None
+    mask, gather = p.node(root.input[0], "Unsqueeze"), p.node(root.input[1], "Gather")
+    cast = p.node(gather.input[1], "Cast") if gather is not None else None
+    safe = p.node(cast.input[0], "Where") if cast is not None else None
+    valid = p.node(safe.input[0], "And") if safe is not None else None
+    if mask is None or valid is None or mask.input[0] != valid.output[0] or \
+            len(mask.input) < 2 or not p.is_scalar(mask.input[1], -1):
+        return None
+    above, below = p.node(valid.input[0], "Greater"), p.node(valid.input[1], "Less")
+    table = p.constants.get(gather.input[0])
+    if above is None or below is None or table is None or table.ndim != 2:
+        return None
+    x = safe.input[1]
+    if above.input[0] != x or below.input[0] != x or not p.is_scalar(above.input[1], -1) or \
+            not p.is_scalar(below.input[1], table.shape[0]) or not p.is_scalar(safe.input[2], 0):
+        return None
+    used += [mask, gather, cast, safe, valid, above, below]
+    return _fused_node("Gather", [gather.input[0], x], root, axis=0)
+
+
+PATTERNS = (_gelu_pattern, _clipped_relu_pattern, _embedding_pattern)
+
+
+def _fused_node(op_type: str, inputs, root, domain: str = "", **attrs):
+    """A node computing `root`'s output from `inputs` (a name or a list), named as `root`."""
+    from onnx import helper
+    return helper.make_node(op_type, [inputs] if isinstance(inputs, str) else inputs,
+                            [root.output[0]], name=root.name, domain=domain, **attrs)
+
+
+def _fuse(nodes: list, constants: dict[str, np.ndarray], readers: dict[str, list]) -> list:
+    """The nodes with each chain of PATTERNS replaced by one node at its last (from the end,
+    so a longer chain wins over a shorter one inside it); a chain fuses only where nothing
+    else reads its intermediate tensors."""
+    p = _Patterns(nodes, constants, readers)
+    fused, gone = {}, set()
+    for root in reversed(nodes):
+        if id(root) in gone:
+            continue
+        for pattern in PATTERNS:
+            used = [root]
+            found = pattern(p, root, used)
+            inside = {id(n) for n in used}
+            if found is not None and all(
+                    r is not None and id(r) in inside
+                    for n in used if n is not root for o in n.output for r in readers.get(o, [])):
+                fused[id(root)] = found
+                gone |= inside
+                break
+    return [fused.get(id(n), n) for n in nodes if id(n) in fused or id(n) not in gone]
+
+
+def _readers(nodes: list, outputs: list[str]) -> dict[str, list]:
+    """Tensor name -> the nodes that read it (None for a graph output)."""
+    readers: dict[str, list] = {}
+    for node in nodes:
+        for src in node.input:
+            readers.setdefault(src, []).append(node)
+    for out in outputs:
+        readers.setdefault(out, []).append(None)
+    return readers
+
 
 def _opset(proto) -> int:
     for entry in proto.opset_import:
@@ -936,9 +1399,18 @@ def _opset(proto) -> int:
     return 1
 
 
-def _inputs(graph, initializers: set[str]) -> tuple[list[tuple[str, tuple, Any]], int | None]:
-    """(name, per-sample shape, numpy dtype) of each graph input, and the fixed batch size
-    (None where the batch dimension is symbolic)."""
+def _time_major(name: str, readers: dict[str, list]) -> bool:
+    """Whether input `name` is the X of recurrent layers, time first (PyTorch's
+    batch_first=False), read otherwise only by Shape: its batch is its axis 1."""
+    found = [r for r in readers.get(name, []) if r is None or r.op_type != "Shape"]
+    return bool(found) and all(
+        r is not None and r.op_type in RECURRENT and r.input[0] == name for r in found)
+
+
+def _inputs(graph, initializers: set[str], readers: dict[str, list]
+            ) -> tuple[list[tuple[str, tuple, Any, int]], int | None]:
+    """(name, per-sample shape, numpy dtype, batch axis) of each graph input, and the fixed
+    batch size (None where the batch dimension is symbolic)."""
     from onnx import helper
     found, batches = [], set()
     for inp in graph.input:
@@ -949,15 +1421,17 @@ def _inputs(graph, initializers: set[str]) -> tuple[list[tuple[str, tuple, Any]]
         if len(dims) < 2:
             raise DistillError(f"input {inp.name!r} has {len(dims)} dimensions; distill needs "
                                "a batch dimension and at least one more")
-        for k, d in enumerate(dims[1:], 1):
-            if not d.HasField("dim_value") or d.dim_value < 1:
+        b = int(_time_major(inp.name, readers))
+        for k, d in enumerate(dims):
+            if k != b and (not d.HasField("dim_value") or d.dim_value < 1):
                 raise DistillError(f"input {inp.name!r} dimension {k} "
                                    f"({d.dim_param or 'unknown'!r}) is symbolic; distill needs "
-                                   "fixed sizes after the batch dimension")
-        if dims[0].HasField("dim_value") and dims[0].dim_value > 0:
-            batches.add(int(dims[0].dim_value))
+                                   "fixed sizes but for the batch dimension")
+        if dims[b].HasField("dim_value") and dims[b].dim_value > 0:
+            batches.add(int(dims[b].dim_value))
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type))
-        found.append((inp.name, tuple(int(d.dim_value) for d in dims[1:]), dtype))
+        shape = tuple(int(d.dim_value) for k, d in enumerate(dims) if k != b)
+        found.append((inp.name, shape, dtype, b))
     if not found:
         raise DistillError("the ONNX model has no inputs")
     if len(batches) > 1:
@@ -981,26 +1455,23 @@ def import_onnx(proto, name: str | None = None, metadata: dict | None = None,
     from onnx import numpy_helper
     graph = proto.graph
     constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    inputs, fixed = _inputs(graph, set(constants))
-    readers: dict[str, list] = {}
-    for node in graph.node:
-        for src in node.input:
-            readers.setdefault(src, []).append(node)
-    for out in graph.output:
-        readers.setdefault(out.name, []).append(None)
+    names = [out.name for out in graph.output]
+    nodes = _fuse(list(graph.node), constants, _readers(graph.node, names))
+    readers = _readers(nodes, names)
+    inputs, fixed = _inputs(graph, set(constants), readers)
     g = _Graph(_opset(proto), fixed or 1, readers)
     g.values.update(constants)
     shapes = {}
-    for raw, shape, _ in inputs:
+    for raw, shape, _, b in inputs:
         key = g.unique(raw)
         shapes[key] = shape
-        g.values[raw] = Value(key, shape, _identity(len(shape)))
-    for node in graph.node:
+        g.values[raw] = Value(key, shape, _identity(len(shape)), batch_axis=b)
+    for node in nodes:
         g.convert(node)
-    outputs = [g.output(out.name) for out in graph.output]
+    outputs = [g.output(name) for name in names]
     if g.problems:
         raise DistillError("cannot import the ONNX model: " + "; ".join(g.problems)
-                           + f"; supported ops: {', '.join(sorted(CONVERTERS))}")
+                           + f"; supported ops: {', '.join(sorted(set(CONVERTERS) - {"ClippedRelu"}))}")
     specs, outputs = _fold_normalizations(_prune(g.specs, outputs), outputs)
     meta = {"source": {"framework": "onnx", "producer": proto.producer_name,
                        "producer_version": proto.producer_version, "opset": g.opset},
@@ -1008,15 +1479,19 @@ def import_onnx(proto, name: str | None = None, metadata: dict | None = None,
     result = ir.make_model(name or graph.name or "onnx_model", shapes, specs,
                            metadata=meta, outputs=outputs)
     if check:
-        compare_with_onnxruntime(proto, result, [dtype for _, _, dtype in inputs], fixed)
+        out_axes = [g.values[name].batch_axis for name in names]
+        compare_with_onnxruntime(proto, result, [dtype for _, _, dtype, _ in inputs], fixed,
+                                 [b for *_, b in inputs], out_axes)
     return result
 
 
 def compare_with_onnxruntime(proto, result: ir.Model, dtypes: list, fixed: int | None,
+                             in_axes: list[int] | None = None, out_axes: list[int] | None = None,
                              samples: int = 64, seed: int = 0) -> float:
     """Max abs difference between onnxruntime and `ir.run` on seeded random inputs (ids of
     the table for an input that an embedding reads), in batches of the input's `fixed` batch
-    size where it has one; raises on mismatch."""
+    size where it has one; raises on mismatch. `in_axes` and `out_axes`: the ONNX axis of
+    each input's and output's batch (0 where not given), the IR's being first."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -1035,10 +1510,13 @@ def compare_with_onnxruntime(proto, result: ir.Model, dtypes: list, fixed: int |
         xs.append(rng.integers(0, min(vocab), (count, *shape)) if vocab else
                   rng.normal(size=(count, *shape)))
     names = [i.name for i in session.get_inputs()]
-    parts = [session.run(None, {n: x[k:k + step].astype(d) for n, x, d in zip(names, xs, dtypes)})
+    in_axes = in_axes or [0] * len(xs)
+    out_axes = out_axes or [0] * len(result.outputs)
+    parts = [session.run(None, {n: np.moveaxis(x[k:k + step], 0, b).astype(d)
+                                for n, x, d, b in zip(names, xs, dtypes, in_axes)})
              for k in range(0, count, step)]
-    want = [np.concatenate([np.asarray(p[k], np.float64) for p in parts])
-            for k in range(len(result.outputs))]
+    want = [np.moveaxis(np.concatenate([np.asarray(p[k], np.float64) for p in parts], axis=b),
+                        b, 0) for k, b in enumerate(out_axes)]
     got = ir.run(result, [x.astype(np.float32) for x in xs] if len(xs) > 1 else
                  xs[0].astype(np.float32), split=True)
     worst = 0.0
