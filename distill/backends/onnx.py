@@ -1470,8 +1470,9 @@ def import_onnx(proto, name: str | None = None, metadata: dict | None = None,
         g.convert(node)
     outputs = [g.output(name) for name in names]
     if g.problems:
+        public = sorted(set(CONVERTERS) - {"ClippedRelu"})  # not the fused pattern's op
         raise DistillError("cannot import the ONNX model: " + "; ".join(g.problems)
-                           + f"; supported ops: {', '.join(sorted(set(CONVERTERS) - {"ClippedRelu"}))}")
+                           + f"; supported ops: {', '.join(public)}")
     specs, outputs = _fold_normalizations(_prune(g.specs, outputs), outputs)
     meta = {"source": {"framework": "onnx", "producer": proto.producer_name,
                        "producer_version": proto.producer_version, "opset": g.opset},
