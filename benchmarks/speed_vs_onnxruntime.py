@@ -1,18 +1,19 @@
-"""Convolution speed: the emitted C against onnxruntime (one thread), at batch 1.
+"""Convolution and recurrent speed: the emitted C against onnxruntime (one thread), at batch 1.
 
-Where it sits: outside the package and the tests; run by hand when the conv or pooling
-templates change:
+Where it sits: outside the package and the tests; run by hand when the conv, pooling or
+recurrent templates change:
 
-    python benchmarks/conv_speed.py [--repeats N]
+    python benchmarks/speed_vs_onnxruntime.py [--repeats N]
 
-Two models with random weights: a digits-sized 2-D CNN (28x28x1 -> conv 3x3x16 same, relu,
-max pool 2 -> conv 3x3x32 same, relu, max pool 2 -> global average -> dense 10, softmax) and
-a 1-D signal classifier (128x1 -> conv 7x16 stride 2, relu -> conv 5x32, relu -> global max
--> dense 4). The C is built with `-std=c99 -O2` and `-O3 -march=native` and timed on
-`NAME_predict` in a loop of at least 0.2 s; onnxruntime runs the exported ONNX with one
-intra-op thread on the same inputs. Each figure is the median of the repeats, the two
-contenders interleaved; the last column is onnxruntime's time over the C's (above 1: C is
-faster).
+Four models with random weights: a digits-sized 2-D CNN (28x28x1 -> conv 3x3x16 same, relu,
+max pool 2 -> conv 3x3x32 same, relu, max pool 2 -> global average -> dense 10, softmax), a
+1-D signal classifier (128x1 -> conv 7x16 stride 2, relu -> conv 5x32, relu -> global max
+-> dense 4), an LSTM (50 steps of 16 -> LSTM 64, last step -> dense 4) and a GRU stack (50
+steps of 16 -> GRU 64 reset_after, every step -> GRU 32, last step -> dense 4). The C is
+built with `-std=c99 -O2` and `-O3 -march=native` and timed on `NAME_predict` in a loop of
+at least 0.2 s; onnxruntime runs the exported ONNX with one intra-op thread on the same
+inputs. Each figure is the median of the repeats, the contenders interleaved; the last two
+columns are onnxruntime's time over the C's (above 1: C is faster).
 """
 
 from __future__ import annotations
@@ -86,7 +87,17 @@ def models() -> list[ir.Model]:
         ("c2", "conv", {"strides": [1], "pads": [2, 2], "groups": 1},
          {"kernel": w(5, 16, 32), "bias": w(32)}), ("r2", "relu", {}, {}),
         ("g", "global_max_pool", {}, {}), ("d", "dense", {}, {"kernel": w(32, 4)})])
-    return [cnn, signal]
+    lstm = ir.make_model("lstm", (50, 16), [
+        ("l", "lstm", {"return_sequences": False},
+         {"kernel": w(16, 256), "recurrent_kernel": w(64, 256), "bias": w(256)}),
+        ("d", "dense", {}, {"kernel": w(64, 4), "bias": w(4)})])
+    gru = ir.make_model("gru", (50, 16), [
+        ("g1", "gru", {"return_sequences": True, "reset_after": True},
+         {"kernel": w(16, 192), "recurrent_kernel": w(64, 192), "bias": w(2, 192)}),
+        ("g2", "gru", {"return_sequences": False, "reset_after": True},
+         {"kernel": w(64, 96), "recurrent_kernel": w(32, 96), "bias": w(2, 96)}),
+        ("d", "dense", {}, {"kernel": w(32, 4), "bias": w(4)})])
+    return [cnn, signal, lstm, gru]
 
 
 def build_c(model: ir.Model, folder: Path, flags: list[str]) -> Path:
