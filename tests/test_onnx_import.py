@@ -7,17 +7,15 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx  # the test extra installs onnx and onnxruntime: a missing one is a failure
+import onnxruntime as ort
 import pytest
 from conftest import graph_models
+from onnx import TensorProto, helper, numpy_helper
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
-
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
-from distill import codegen, ir  # noqa: E402
-from distill.backends.onnx import import_onnx  # noqa: E402
-from distill.errors import DistillError  # noqa: E402
+from distill import codegen, ir
+from distill.backends.onnx import import_onnx
+from distill.errors import DistillError
 
 RNG = np.random.default_rng(0)
 

@@ -8,6 +8,7 @@ only the training in the middle differs. `train(config, backend=...)` picks one.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,18 @@ from ..config import Config
 from ..errors import ConfigError, DataError
 
 BACKENDS = ("numpy", "tensorflow")
+
+
+def registrar(table: dict[str, Callable]) -> Callable:
+    """A decorator factory for an importer's converters: `@converter("A", "B")` files the
+    function in `table` under each name (a Keras layer class, an ONNX op type)."""
+    def converter(*names: str) -> Callable:
+        def register(fn: Callable) -> Callable:
+            for name in names:
+                table[name] = fn
+            return fn
+        return register
+    return converter
 
 
 @dataclass

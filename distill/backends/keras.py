@@ -43,6 +43,7 @@ import numpy as np
 
 from .. import ir, ops
 from ..errors import DistillError, ModelFormatError
+from . import registrar
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 # Agreement demanded between Keras and the IR on random inputs (looser than exporters':
@@ -69,12 +70,7 @@ DROPPED = {"InputLayer", "Dropout", "AlphaDropout", "GaussianDropout", "Gaussian
 CONVERTERS: dict[str, Callable[[Any, list | None], list[Spec]]] = {}
 
 
-def converter(*class_names: str) -> Callable:
-    def register(fn: Callable) -> Callable:
-        for name in class_names:
-            CONVERTERS[name] = fn
-        return fn
-    return register
+converter = registrar(CONVERTERS)
 
 
 class Unsupported(Exception):

@@ -58,6 +58,7 @@ import numpy as np
 
 from .. import ir, ops
 from ..errors import DistillError, ModelFormatError
+from . import registrar
 from .keras import ABS_TOL, REL_TOL, Unsupported, _fold_normalizations
 
 ONNX_SUFFIXES = (".onnx",)
@@ -75,12 +76,7 @@ RECURRENT = {"RNN": "simple_rnn", "GRU": "gru", "LSTM": "lstm"}
 CONVERTERS: dict[str, Callable[[_Graph, Any, dict[str, Any], list], list]] = {}
 
 
-def converter(*op_types: str) -> Callable:
-    def register(fn: Callable) -> Callable:
-        for op_type in op_types:
-            CONVERTERS[op_type] = fn
-        return fn
-    return register
+converter = registrar(CONVERTERS)
 
 
 @dataclass(frozen=True)
