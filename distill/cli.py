@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, ir, ops
+from . import __version__, ir
 from .errors import DataError, DistillError
 
 
@@ -521,13 +521,13 @@ def cmd_export(args: argparse.Namespace) -> int:
           f"{figures['weight_bytes']:,} bytes of weights (flash), "
           f"{workspace:,} bytes of working memory (RAM), "
           f"{figures['macs']:,} multiply-adds per sample")
-    from .codegen.stream import Stream, step_model
+    from .codegen.stream import NO_RECURRENT_LAYER, Stream, step_model
     stream = step_model(model)
     if isinstance(stream, Stream):
         name = ir.sanitize_name(args.name) if args.name else model.name
         print(f"streaming API: one time step per call (C {name}_step, Go Step, NumPy step), "
               f"{4 * stream.state_size:,} bytes of caller-owned state per stream")
-    elif any(n.op in ops.GATES for n in model.nodes):
+    elif stream != NO_RECURRENT_LAYER:
         print(f"no streaming API: {stream}")
     for path in written:
         print(f"  wrote {path} ({path.stat().st_size:,} bytes)")

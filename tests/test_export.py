@@ -899,3 +899,18 @@ def test_a_stream_runs_past_the_trained_length_with_predicts_bits(tmp_path):
     c_steps = run_c(tmp_path / "short" / "c", "steps", "s.c").reshape(12, 8)
     c_whole = run_c(tmp_path / "long" / "c", "whole", "l.c").view(np.float32)
     assert np.array_equal(c_steps[keep], expected(c_whole[None])[0][keep].view(np.uint32))
+
+
+def test_export_says_whether_a_model_streams(tmp_path):
+    models = {m.name: m for m in graph_models(np.random.default_rng(0))}
+    said = {}
+    for name in ("stream", "recurrent", "residual"):
+        ir.save(models[name], tmp_path / f"{name}.distill")
+        out = cli("export", str(tmp_path / f"{name}.distill"), "--lang", "c", "-o",
+                  str(tmp_path / name))
+        assert out.returncode == 0, out.stderr
+        said[name] = [line for line in out.stdout.splitlines() if "streaming API" in line]
+    assert said["stream"] == ["streaming API: one time step per call (C stream_step, Go Step, "
+                              "NumPy step), 44 bytes of caller-owned state per stream"]
+    assert said["recurrent"] == ["no streaming API: node 'lstm' reads its steps last to first"]
+    assert said["residual"] == []

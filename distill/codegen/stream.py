@@ -30,6 +30,9 @@ STEPWISE_OPS = frozenset({"sigmoid", "tanh", "relu", "leaky_relu", "elu", "selu"
                           "normalize", "prelu", "softmax", "layer_norm", *MERGES})
 
 
+NO_RECURRENT_LAYER = "it has no recurrent layer"  # so nothing to stream; the others are refusals
+
+
 @dataclass(frozen=True)
 class Stream:
     model: ir.Model                # one time step; recurrent layers start from the state
@@ -61,7 +64,7 @@ def _stepwise(node: ir.Node) -> bool:
 def step_model(model: ir.Model) -> Stream | str:
     """The model one step at a time (see the module docstring), or why it cannot stream."""
     if not any(node.op in GATES for node in model.nodes):
-        return "it has no recurrent layer"
+        return NO_RECURRENT_LAYER
     if len(model.inputs) != 1:
         return "it has more than one input"
     if not model.input_shape:
