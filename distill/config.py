@@ -21,7 +21,8 @@ expected type), so a bad config fails in one line before any data is loaded or s
                                          # embedding (input_dim, output_dim): ids -> rows
                                          # simple_rnn | gru | lstm (units, activation,
                                          #   recurrent_activation, return_sequences,
-                                         #   go_backwards, reset_after, unit_forget_bias)
+                                         #   go_backwards, reset_after, unit_forget_bias,
+                                         #   bidirectional = "concat" | "sum" | "mul" | "ave")
     units = 100
     activation = "sigmoid"               # or {name = "leaky_relu", alpha = 0.2} (elu too)
     [training]
@@ -74,7 +75,7 @@ LAYER_KEYS = {
 }
 RECURRENT_KEYS = {"units", "activation", "recurrent_activation", "use_bias", "return_sequences",
                   "go_backwards", "kernel_initializer", "recurrent_initializer",
-                  "bias_initializer"}
+                  "bias_initializer", "bidirectional"}
 LAYER_KEYS["embedding"] = {"input_dim", "output_dim", "embeddings_initializer"}
 LAYER_KEYS.update(simple_rnn=RECURRENT_KEYS - {"recurrent_activation"},
                   gru=RECURRENT_KEYS | {"reset_after"}, lstm=RECURRENT_KEYS | {"unit_forget_bias"})
@@ -139,7 +140,9 @@ class Config:
             elif kind == "embedding":
                 layers.append(nn.Embedding(name=name, **spec))
             elif kind in nn.RECURRENT:
-                layers.append(nn.RECURRENT[kind](name=name, **spec))
+                merge = spec.pop("bidirectional", None)
+                layer = nn.RECURRENT[kind](name=None if merge else name, **spec)
+                layers.append(nn.Bidirectional(layer, merge, name) if merge else layer)
             else:
                 layers.append(nn.Reshape(spec["shape"], name=name))
         return layers
@@ -343,6 +346,10 @@ def _recurrent(spec: dict[str, Any], kind: str, where: str) -> None:
                               f"{', '.join(ops.STEP_ACTIVATIONS)}")
     for key in ("return_sequences", "go_backwards", "reset_after", "unit_forget_bias"):
         _typed(spec, key, bool, False, where)
+    merge = _typed(spec, "bidirectional", str, "concat", where)
+    if merge not in nn.BIDIRECTIONAL_MERGES:
+        raise ConfigError(f"{where} bidirectional {merge!r} is not one of "
+                          f"{', '.join(nn.BIDIRECTIONAL_MERGES)} (how the two directions merge)")
     _weighted(spec, where)
     _initializer(spec, "recurrent_initializer", where)
 

@@ -16,6 +16,7 @@ same weights bit for bit, and a checkpoint holding its state resumes the exact s
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import zipfile
@@ -742,6 +743,72 @@ class LSTM(Recurrent):
 
 
 RECURRENT = {c.kind: c for c in (SimpleRNN, GRU, LSTM)}
+BIDIRECTIONAL_MERGES = {"concat": "concatenate", "sum": "add", "mul": "multiply",
+                        "ave": "average"}  # Keras's merge_mode -> the merge op
+
+
+class Bidirectional(Layer):
+    """Keras's Bidirectional: `layer` and a copy of it reading the steps the other way, on the
+    same input, merged by `merge_mode` (concat, sum, mul, ave). With return_sequences the
+    backward copy's steps are put back in time order first. In the IR that is the two
+    recurrent nodes NAME_forward and NAME_backward, a reverse node and the merge NAME, as
+    Keras's Bidirectional imports."""
+
+    kind = "bidirectional"
+
+    def __init__(self, layer: Recurrent, merge_mode: str = "concat", name: str | None = None):
+        if not isinstance(layer, Recurrent):
+            raise TypeError(f"Bidirectional takes a recurrent layer, got {type(layer).__name__}")
+        if merge_mode not in BIDIRECTIONAL_MERGES:
+            raise ValueError(f"merge_mode must be one of {', '.join(BIDIRECTIONAL_MERGES)}, "
+                             f"got {merge_mode!r}")
+        super().__init__(name)
+        self.merge_mode, self.merge = merge_mode, BIDIRECTIONAL_MERGES[merge_mode]
+        self.forward = layer
+        self.backward = copy.deepcopy(layer)
+        self.backward.attrs["go_backwards"] = not layer.attrs.get("go_backwards", False)
+        if not self.backward.attrs["go_backwards"]:
+            del self.backward.attrs["go_backwards"]
+        self.sequences = layer.attrs["return_sequences"]
+        self.declared_input_shape = layer.declared_input_shape
+
+    def compute_output_shape(self, input_shape):
+        shape = self.forward.compute_output_shape(input_shape)
+        return (*shape[:-1], 2 * shape[-1]) if self.merge == "concatenate" else shape
+
+    def build(self, input_shape, rng):
+        self.forward.name, self.backward.name = f"{self.name}_forward", f"{self.name}_backward"
+        self.forward.build(input_shape, rng)
+        self.backward.build(input_shape, rng)
+        super().build(input_shape, rng)
+        self.variables = self.forward.variables + self.backward.variables
+
+    def _merged(self, forward, backward, run: Callable) -> Any:
+        if self.sequences:
+            backward = run("reverse", backward, {})
+        attrs = {"axis": 1 if self.sequences else 0} if self.merge == "concatenate" else {}
+        return run(self.merge, [forward, backward], attrs)
+
+    def call(self, x, training, rng):
+        return self._merged(self.forward.call(x, training, rng),
+                            self.backward.call(x, training, rng),
+                            lambda op, xs, attrs: ops.OPS[op].forward(xs, attrs, {}))
+
+    def ir_nodes(self):
+        """The recurrent nodes read the layer's input (""), the rest the node before."""
+        (fname, *forward), = self.forward.ir_nodes()
+        (bname, *backward), = self.backward.ir_nodes()
+        nodes = [(fname, *forward, ""), (bname, *backward, "")]
+
+        def run(op, xs, attrs):
+            name = self.name if op == self.merge else f"{bname}_in_time_order"
+            nodes.append((name, op, attrs, {}, xs))
+            return name
+        self._merged(fname, bname, run)
+        return nodes
+
+    def describe(self):
+        return f"Bidirectional({self.forward.describe()}, {self.merge_mode})"
 
 
 WINDOWED = {c.kind: c for c in (Conv1D, Conv2D, Conv1DTranspose, Conv2DTranspose, MaxPooling1D,
@@ -1348,7 +1415,14 @@ class Sequential:
         """The trained model as an IR `Model` (Dropout leaves no node)."""
         if not self.built:
             self.build()
-        specs = [spec for layer in self.layers for spec in layer.ir_nodes()]
+        specs, last = [], ir.INPUT
+        for layer in self.layers:
+            for spec in layer.ir_nodes():
+                if len(spec) > 4:  # "" among a node's inputs: its layer's input
+                    spec = (*spec[:4], [last if s == "" else s for s in
+                                        ([spec[4]] if isinstance(spec[4], str) else spec[4])])
+                specs.append(spec)
+            last = specs[-1][0] if specs else last
         return ir.make_model(name or self.name, self.input_shape, specs, labels, metadata)
 
     def _save_training_state(self, path: str, run: str | None = None) -> None:

@@ -133,6 +133,14 @@ def test_train_inspect_predict(tmp_path):
     (BASE.replace('type = "dense"\nunits = 3\nactivation = "tanh"',
                   'type = "simple_rnn"\nunits = 3\nreset_after = true'),
      "unknown key 'reset_after'"),
+    (BASE.replace('type = "dense"\nunits = 3\nactivation = "tanh"',
+                  'type = "gru"\nunits = 3\nbidirectional = "max"'),
+     "bidirectional 'max' is not one of concat, sum, mul, ave"),
+    (BASE.replace('type = "dense"\nunits = 3\nactivation = "tanh"',
+                  'type = "gru"\nunits = 3\nbidirectional = true'),
+     "key 'bidirectional' must be a string"),
+    (BASE.replace('type = "dense"\nunits = 3', 'type = "lstm"\nunits = 3\nbidirectional = "sum"'),
+     "LSTM takes inputs of (steps, features), got shape (2,)"),
 ])
 def test_config_errors_are_one_line_before_training(tmp_path, text, match):
     config = write_config(tmp_path, text)

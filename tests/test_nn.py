@@ -494,6 +494,49 @@ def test_recurrent_layers_train_through_time_and_become_their_ir():
     assert ad.check_gradients(loss_of, *(w.astype(np.float64) for w in gru.get_weights())) < 1e-6
 
 
+def test_bidirectional_layers_train_and_become_the_nodes_keras_imports_as():
+    m = nn.Sequential([nn.Bidirectional(nn.LSTM(3, return_sequences=True)),
+                       nn.Bidirectional(nn.GRU(2, go_backwards=True), "mul", name="both"),
+                       nn.Dense(1, activation="sigmoid")], input_shape=(5, 2), seed=0)
+    m.build()
+    assert [lay.output_shape for lay in m.layers] == [(5, 6), (2,), (1,)]
+    assert len(m.get_weights()) == 14 and "both_backward/kernel" in [v.name for v in m.variables]
+    model = m.to_ir()
+    assert [(n.name, n.op, n.inputs) for n in model.nodes] == [
+        ("bidirectional_forward", "lstm", ("input",)),
+        ("bidirectional_backward", "lstm", ("input",)),
+        ("bidirectional_backward_in_time_order", "reverse", ("bidirectional_backward",)),
+        ("bidirectional", "concatenate", ("bidirectional_forward",
+                                          "bidirectional_backward_in_time_order")),
+        ("both_forward", "gru", ("bidirectional",)), ("both_backward", "gru", ("bidirectional",)),
+        ("both", "multiply", ("both_forward", "both_backward")),
+        ("dense", "dense", ("both",)), ("dense_sigmoid", "sigmoid", ("dense",))]
+    assert model.node("both_forward").attrs["go_backwards"]
+    assert "go_backwards" not in model.node("both_backward").attrs
+    x = np.random.default_rng(1).normal(size=(64, 5, 2)).astype(np.float32)
+    np.testing.assert_array_equal(distill.run(model, x), m.predict(x))
+    y = (x[:, 0, 0] > x[:, -1, 1]).astype(np.float32)  # the first and the last step matter
+    m.compile("binary_crossentropy", optim.Adam(0.03), ["accuracy"])
+    history = m.fit(x, y, epochs=30, batch_size=16, verbose=0).history
+    assert history["accuracy"][-1] >= 0.9 and history["loss"][-1] < history["loss"][0] / 3
+
+    layer, x64 = m.layers[0], x[:2].astype(np.float64)
+
+    def loss_of(*weights):  # BPTT through both directions, the reverse and the merge
+        f, b = (dict(zip(("kernel", "recurrent_kernel", "bias"), part))
+                for part in (weights[:3], weights[3:]))
+        y = layer._merged(ops.lstm(x64, layer.forward.attrs, f),
+                          ops.lstm(x64, layer.backward.attrs, b),
+                          lambda op, xs, attrs: ops.OPS[op].forward(xs, attrs, {}))
+        return ad.mean(y ** 2)
+    assert ad.check_gradients(loss_of, *(w.astype(np.float64)
+                                         for w in layer.get_weights())) < 1e-6
+    with pytest.raises(ValueError, match="merge_mode must be one of concat, sum, mul, ave"):
+        nn.Bidirectional(nn.GRU(2), "max")
+    with pytest.raises(TypeError, match="takes a recurrent layer, got Dense"):
+        nn.Bidirectional(nn.Dense(2))
+
+
 def test_labels_of_shape_n_are_one_column_not_broadcast():
     """(N,) labels for one output per sample mean (N, 1), as in Keras; broadcast against
     (N, 1) predictions they would make an (N, N) loss that barely trains."""

@@ -623,6 +623,34 @@ def test_configs_train_recurrent_layers_on_both_backends(tmp_path):
                                                "softmax"]
 
 
+def test_configs_train_bidirectional_layers_on_both_backends(tmp_path):
+    """A recurrent layer with `bidirectional` set is Keras's Bidirectional on both backends:
+    the forward and backward nodes, the backward steps put back in time order, the merge."""
+    layers = [
+        ('lstm', 'units = 3\nreturn_sequences = true\nbidirectional = "concat"'),
+        ('gru', 'units = 2\nreturn_sequences = true\ngo_backwards = true\n'
+                'bidirectional = "ave"\nname = "both_ways"'),
+        ('simple_rnn', 'units = 2\nbidirectional = "sum"'),
+        ('dense', 'units = 4\nactivation = "softmax"'),
+    ]
+    models = signals_on_both_backends(tmp_path, layers, n=20, length=8)
+    assert [(n.name, n.op, n.inputs) for n in models[0].nodes[:8]] == [
+        ("bidirectional_forward", "lstm", ("input",)),
+        ("bidirectional_backward", "lstm", ("input",)),
+        ("bidirectional_backward_in_time_order", "reverse", ("bidirectional_backward",)),
+        ("bidirectional", "concatenate", ("bidirectional_forward",
+                                          "bidirectional_backward_in_time_order")),
+        ("both_ways_forward", "gru", ("bidirectional",)),
+        ("both_ways_backward", "gru", ("bidirectional",)),
+        ("both_ways_backward_in_time_order", "reverse", ("both_ways_backward",)),
+        ("both_ways", "average", ("both_ways_forward", "both_ways_backward_in_time_order"))]
+    forward, backward = models[0].node("both_ways_forward"), models[0].node("both_ways_backward")
+    assert forward.attrs["go_backwards"] and "go_backwards" not in backward.attrs
+    for model in models:  # the two directions start from weights of their own
+        assert not np.array_equal(model.node("bidirectional_1_forward").weights["kernel"],
+                                  model.node("bidirectional_1_backward").weights["kernel"])
+
+
 def test_configs_train_an_embedding_on_both_backends(tmp_path):
     """Ids from an NPZ file through a config's embedding and lstm layers, on both backends:
     the same IR nodes, a learned rule (is id 3 in the sequence?), exported everywhere."""

@@ -73,7 +73,8 @@ def _layers(keras, config: Config, prep) -> list:
     names = set()
     for i, spec in enumerate(config.layers):
         kind = spec["type"]
-        name = spec.get("name") or _auto_name(kind, names)
+        name = spec.get("name") or _auto_name("bidirectional" if "bidirectional" in spec
+                                              else kind, names)
         names.add(name)
         seed = config.seed * 1000 + i
         if kind == "dense" or kind in CONVS:
@@ -110,23 +111,15 @@ def _layers(keras, config: Config, prep) -> list:
                 embeddings_initializer=_initializer(keras, spec.get("embeddings_initializer",
                                                                     "random_uniform"), seed)))
         elif kind in RECURRENT:
-            extra = {"recurrent_activation": spec.get("recurrent_activation", "sigmoid")} \
-                if kind != "simple_rnn" else {}
-            if kind == "gru":
-                extra["reset_after"] = spec.get("reset_after", True)
-            if kind == "lstm":
-                extra["unit_forget_bias"] = spec.get("unit_forget_bias", True)
-            layers.append(getattr(keras.layers, RECURRENT[kind])(
-                spec["units"], activation=spec.get("activation", "tanh"),
-                use_bias=spec.get("use_bias", True),
-                return_sequences=spec.get("return_sequences", False),
-                go_backwards=spec.get("go_backwards", False),
-                kernel_initializer=_initializer(keras, spec.get("kernel_initializer",
-                                                                "glorot_uniform"), seed),
-                recurrent_initializer=_initializer(keras, spec.get("recurrent_initializer",
-                                                                   "orthogonal"), seed + 250),
-                bias_initializer=_initializer(keras, spec.get("bias_initializer", "zeros"),
-                                              seed + 500), name=name, **extra))
+            backwards = spec.get("go_backwards", False)
+            if "bidirectional" in spec:  # the backward copy gets initial weights of its own
+                layers.append(keras.layers.Bidirectional(
+                    _recurrent(keras, spec, backwards, seed, f"{name}_forward"),
+                    merge_mode=spec["bidirectional"], name=name,
+                    backward_layer=_recurrent(keras, spec, not backwards, seed + 750,
+                                              f"{name}_backward")))
+            else:
+                layers.append(_recurrent(keras, spec, backwards, seed, name))
         elif kind in POOLINGS:
             strides = spec.get("strides")
             layers.append(getattr(keras.layers, POOLINGS[kind])(
@@ -146,6 +139,26 @@ def _layers(keras, config: Config, prep) -> list:
         else:
             layers.append(keras.layers.Reshape(spec["shape"], name=name))
     return layers
+
+
+def _recurrent(keras, spec: dict, go_backwards: bool, seed: int, name: str):
+    kind = spec["type"]
+    extra = {"recurrent_activation": spec.get("recurrent_activation", "sigmoid")} \
+        if kind != "simple_rnn" else {}
+    if kind == "gru":
+        extra["reset_after"] = spec.get("reset_after", True)
+    if kind == "lstm":
+        extra["unit_forget_bias"] = spec.get("unit_forget_bias", True)
+    return getattr(keras.layers, RECURRENT[kind])(
+        spec["units"], activation=spec.get("activation", "tanh"),
+        use_bias=spec.get("use_bias", True),
+        return_sequences=spec.get("return_sequences", False), go_backwards=go_backwards,
+        kernel_initializer=_initializer(keras, spec.get("kernel_initializer", "glorot_uniform"),
+                                        seed),
+        recurrent_initializer=_initializer(keras, spec.get("recurrent_initializer",
+                                                           "orthogonal"), seed + 250),
+        bias_initializer=_initializer(keras, spec.get("bias_initializer", "zeros"), seed + 500),
+        name=name, **extra)
 
 
 CONVS = {"conv1d": "Conv1D", "conv2d": "Conv2D", "conv1d_transpose": "Conv1DTranspose",
@@ -321,7 +334,8 @@ def train(config: Config, *, epochs: int | None = None, seed: int | None = None,
     scores = evaluate_model(imported, config, prep)
     facts = metadata(config, prep, "tensorflow", seed, epochs, scores, {"devices": devices()})
     model_ir = ir.make_model(imported.name, imported.input_shape,
-                             [(n.name, n.op, n.attrs, n.weights) for n in imported.nodes],
+                             [(n.name, n.op, n.attrs, n.weights, list(n.inputs))
+                              for n in imported.nodes],
                              labels_for(prep), {**imported.metadata, **facts})
     return TrainResult(model_ir, history, callbacks[0].steps, scores)
 
