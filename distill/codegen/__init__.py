@@ -268,6 +268,11 @@ def _window_figures(node: ir.Node) -> dict[str, Any]:
         fig["G"] = a["groups"]
         fig["CG"] = shape[-1] // a["groups"]
         fig["FG"] = fig["F"] // a["groups"]
+        # C's tile for one sample: P output positions by J slices of the group's filters,
+        # its P * FG sums in a local array (and two P-long index arrays) on the stack
+        fig["J"] = 2 if fig["FG"] % 16 == 0 else 1
+        fig["P"] = 12 // fig["J"]
+        fig["tile_bytes"] = 4 * fig["P"] * fig["FG"] + 16 * fig["P"]
     fig["rank"] = rank
     if node.op == "upsample" and a.get("interpolation") == "linear":
         from ..ops import lerp_table
@@ -547,6 +552,8 @@ def context(model: ir.Model, target: Target, name: str | None = None,
         "workspace": workspace,
         "batch_tile": batch_tile(prod(model.input_shape) + prod(model.output_shape) + workspace),
         "ram_bytes": 4 * workspace,
+        "tile_bytes": max((st["tile_bytes"] for st in ctx_steps if "tile_bytes" in st),
+                          default=0),
         "steps": ctx_steps,
         "stream": streaming,
         "weights": arrays,
