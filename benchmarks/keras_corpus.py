@@ -7,7 +7,7 @@ exporter changes, to see what is left:
     python benchmarks/keras_corpus.py --only conv --langs c,numpy
     python benchmarks/keras_corpus.py --list               # the models, no runs
 
-It measures how much of Keras distill reads. About 160 tiny Keras 3 models (tens to a few
+It measures how much of Keras distill reads. About 170 tiny Keras 3 models (tens to a few
 hundred weights, inputs of a few steps or pixels), one per layer, option or wiring that the
 test suites of two peer tools exercise: keras2c's `tests/test_*.py` (core layers, advanced
 activations, convolution, pooling, recurrent, merge, embedding, normalization, wrappers,
