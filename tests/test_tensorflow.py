@@ -676,3 +676,16 @@ def test_configs_train_an_embedding_on_both_backends(tmp_path):
         assert r.metrics["test"]["accuracy"] >= 0.9, r.metrics
         for v in verify(r.model, LANGS, samples=16):
             assert v.ok, v.line()
+
+
+def test_a_model_keras_cannot_run_is_a_clean_error_not_a_traceback():
+    """Keras builds a dilated Conv2DTranspose that TensorFlow on CPU cannot run: the check
+    against Keras's predictions says so in one DistillError."""
+    from distill.backends.tensorflow import devices
+    from distill.errors import DistillError
+    if any(d.startswith("GPU") for d in devices()):
+        pytest.skip("TensorFlow runs dilated transposed convolutions on a GPU")
+    inp = keras.Input((4, 4, 1))
+    model = keras.Model(inp, keras.layers.Conv2DTranspose(2, 2, dilation_rate=2)(inp))
+    with pytest.raises(DistillError, match="Keras cannot run the model to check the import"):
+        import_keras(model)
