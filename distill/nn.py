@@ -747,6 +747,23 @@ BIDIRECTIONAL_MERGES = {"concat": "concatenate", "sum": "add", "mul": "multiply"
                         "ave": "average"}  # Keras's merge_mode -> the merge op
 
 
+def bidirectional_nodes(name: str, forward: tuple, backward: tuple,
+                        merge_mode: str) -> list[tuple]:
+    """A Bidirectional's IR nodes from its two recurrent nodes (name, op, attrs, weights):
+    NAME_forward and NAME_backward read the layer's input (""); with return_sequences the
+    backward steps are put back in time order (NAME_backward_in_time_order); then the merge
+    NAME. The NumPy core and the Keras importer both build them here."""
+    nodes = [(f"{name}_forward", *forward[1:4], [""]),
+             (f"{name}_backward", *backward[1:4], [""])]
+    last, sequences = f"{name}_backward", forward[2]["return_sequences"]
+    if sequences:
+        nodes.append((f"{name}_backward_in_time_order", "reverse", {}, {}, [last]))
+        last = nodes[-1][0]
+    op = BIDIRECTIONAL_MERGES[merge_mode]
+    attrs = {"axis": 1 if sequences else 0} if op == "concatenate" else {}
+    return [*nodes, (name, op, attrs, {}, [f"{name}_forward", last])]
+
+
 class Bidirectional(Layer):
     """Keras's Bidirectional: `layer` and a copy of it reading the steps the other way, on the
     same input, merged by `merge_mode` (concat, sum, mul, ave). With return_sequences the
@@ -795,17 +812,8 @@ class Bidirectional(Layer):
                             lambda op, xs, attrs: ops.OPS[op].forward(xs, attrs, {}))
 
     def ir_nodes(self):
-        """The recurrent nodes read the layer's input (""), the rest the node before."""
-        (fname, *forward), = self.forward.ir_nodes()
-        (bname, *backward), = self.backward.ir_nodes()
-        nodes = [(fname, *forward, ""), (bname, *backward, "")]
-
-        def run(op, xs, attrs):
-            name = self.name if op == self.merge else f"{bname}_in_time_order"
-            nodes.append((name, op, attrs, {}, xs))
-            return name
-        self._merged(fname, bname, run)
-        return nodes
+        return bidirectional_nodes(self.name, self.forward.ir_nodes()[0],
+                                   self.backward.ir_nodes()[0], self.merge_mode)
 
     def describe(self):
         return f"Bidirectional({self.forward.describe()}, {self.merge_mode})"

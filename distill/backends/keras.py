@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import ir, ops
+from .. import ir, nn, ops
 from ..errors import DistillError, ModelFormatError
 from . import registrar
 
@@ -345,33 +345,20 @@ def _embedding(layer, shapes) -> list[Spec]:
                                                                     np.float32)})]
 
 
-BIDIRECTIONAL_MERGES = {"concat": "concatenate", "sum": "add", "mul": "multiply",
-                        "ave": "average"}
-
 
 @converter("Bidirectional")
 def _bidirectional(layer, shapes) -> list[Spec]:
     """The forward and the backward layer on the same input; with return_sequences the
     backward one's steps are put back in time order (reverse); then the merge."""
     mode = layer.get_config().get("merge_mode", "concat")
-    if mode not in BIDIRECTIONAL_MERGES:
-        raise Unsupported(f"merge_mode={mode!r} (supported: {', '.join(BIDIRECTIONAL_MERGES)})")
+    if mode not in nn.BIDIRECTIONAL_MERGES:
+        raise Unsupported(f"merge_mode={mode!r} (supported: {', '.join(nn.BIDIRECTIONAL_MERGES)})")
     inner = type(layer.forward_layer).__name__
     if inner not in ("SimpleRNN", "GRU", "LSTM"):
         raise Unsupported(f"a Bidirectional {inner}")
     forward, backward = (_recurrent(part, shapes)[0] for part in (layer.forward_layer,
                                                                   layer.backward_layer))
-    name = layer.name
-    specs = [(f"{name}_forward", *forward[1:], [""]), (f"{name}_backward", *backward[1:], [""])]
-    last = f"{name}_backward"
-    if forward[2]["return_sequences"]:
-        specs.append((f"{name}_backward_in_time_order", "reverse", {}, {}, [last]))
-        last = f"{name}_backward_in_time_order"
-    op = BIDIRECTIONAL_MERGES[mode]
-    attrs = {"axis": len(shapes[0]) - 1 if forward[2]["return_sequences"] else 0} \
-        if op == "concatenate" else {}
-    specs.append((name, op, attrs, {}, [f"{name}_forward", last]))
-    return specs
+    return nn.bidirectional_nodes(layer.name, forward, backward, mode)
 
 
 @converter("TimeDistributed")
